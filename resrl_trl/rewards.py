@@ -1,0 +1,88 @@
+"""Verifiable maths rewards with TRL's reward-function signature.
+
+``math_reward`` checks a completion's final answer against the reference with math-verify, as TRL's
+``trl.rewards.accuracy_reward`` does, but also accepts a plain final number or expression ("... = 12", "The answer
+is 12"): a small model rarely writes ``\\boxed{}``, and the reference ResRL run scores answers the same way whatever
+their form. For TRL's stricter LaTeX-only check, pass ``trl.rewards.accuracy_reward`` instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify.parser import NormalizationConfig
+
+__all__ = ["LengthScaledReward", "completion_text", "math_reward"]
+
+# boxed answers first, then any LaTeX, then a plain expression
+ANSWER_EXTRACTION = (
+    LatexExtractionConfig(normalization_config=NormalizationConfig(units=True), boxed_match_priority=0),
+    ExprExtractionConfig(),
+)
+
+
+def completion_text(completion: Any) -> str:
+    """The text of one completion: a string, or TRL's conversational form (a list of messages)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return str(completion[-1].get("content") or "")
+    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
+def _timeouts() -> tuple[int | None, int | None]:
+    # math-verify's time-outs use signal.alarm, which works only in the main thread.
+    if threading.current_thread() is threading.main_thread():
+        return 10, 5
+    return None, None
+
+
+def math_reward(completions: list[Any], solution: list[str], **kwargs: Any) -> list[float | None]:
+    """1.0 when the completion's final answer equals ``solution`` (math-verify), else 0.0.
+
+    ``None`` (unscorable, so TRL leaves the completion out) when the reference itself cannot be parsed.
+    """
+    parsing_timeout, verify_timeout = _timeouts()
+    rewards: list[float | None] = []
+    for completion, reference in zip(completions, solution, strict=True):
+        gold = parse(str(reference), parsing_timeout=parsing_timeout)
+        if not gold:
+            rewards.append(None)
+            continue
+        answer = parse(
+            completion_text(completion), extraction_config=list(ANSWER_EXTRACTION), parsing_timeout=parsing_timeout
+        )
+        rewards.append(float(verify(gold, answer, timeout_seconds=verify_timeout)))
+    return rewards
+
+
+class LengthScaledReward:
+    """The reference run's length-scaled positive reward around a base reward function.
+
+    A positive reward is kept as it is up to ``start_length`` completion tokens, scaled linearly down to
+    ``end_scale`` times itself at ``max_length`` tokens, and ``end_scale`` times beyond. Rewards <= 0 are never
+    scaled. Reference values: ``start_length=3500``, ``max_length=4096``, ``end_scale=0.7``.
+    """
+
+    def __init__(
+        self, base: Any = math_reward, start_length: int = 3500, max_length: int = 4096, end_scale: float = 0.7
+    ) -> None:
+        if not 0 <= start_length < max_length:
+            raise ValueError(f"need 0 <= start_length < max_length, got {start_length} and {max_length}")
+        if not 0.0 <= end_scale <= 1.0:
+            raise ValueError(f"end_scale must lie in [0, 1], got {end_scale}")
+        self.base, self.start_length, self.max_length, self.end_scale = base, start_length, max_length, end_scale
+        self.__name__ = f"length_scaled_{getattr(base, '__name__', 'reward')}"
+
+    def scale(self, length: int) -> float:
+        progress = min(max(length - self.start_length, 0) / (self.max_length - self.start_length), 1.0)
+        return 1.0 - (1.0 - self.end_scale) * progress
+
+    def __call__(self, completions: list[Any], completion_ids: list[list[int]], **kwargs: Any) -> list[float | None]:
+        rewards = self.base(completions=completions, completion_ids=completion_ids, **kwargs)
+        return [
+            r * self.scale(len(ids)) if r is not None and r > 0 else r
+            for r, ids in zip(rewards, completion_ids, strict=True)
+        ]

@@ -1,0 +1,224 @@
+"""The ResRL weights against a direct, per-group, exact-SVD rendering of the spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resrl_trl.residual import compute_residual_weights, residual_token_weights, think_span_mask
+
+
+def spec_weights(hidden, valid, group_ids, is_positive, rank=64, q_low=0.2, q_high=0.8, min_weight=0.1):
+    """Steps 1-8 of the spec, one group at a time, with an exact SVD and torch.quantile (no subsampling)."""
+    weights = torch.ones(valid.shape, dtype=torch.float32)
+    width = hidden.shape[-1]
+    for g in group_ids.unique():
+        in_group = group_ids == g
+        pos_rows = (in_group & is_positive).nonzero().flatten()
+        neg_rows = (in_group & ~is_positive).nonzero().flatten()
+        if len(pos_rows) == 0 or len(neg_rows) == 0:
+            continue
+        p = torch.cat([hidden[i][valid[i]] for i in pos_rows]).double()
+        if p.shape[0] < 4:
+            continue
+        x = F.layer_norm(p, (width,), eps=1e-5)
+        mu = x.mean(0)
+        k = min(rank, p.shape[0] - 1, width)
+        v = torch.linalg.svd(x - mu, full_matrices=False).Vh[:k].T
+        energies = {}
+        for i in neg_rows:
+            z = F.layer_norm(hidden[i][valid[i]].double(), (width,), eps=1e-5) - mu
+            energies[int(i)] = ((z - z @ v @ v.T) ** 2).sum(-1) / width
+        if not energies:
+            continue
+        all_e = torch.cat(list(energies.values()))
+        lo, hi = torch.quantile(all_e, q_low), torch.quantile(all_e, q_high)
+        for i, e in energies.items():
+            if hi - lo < 1e-5:
+                w = torch.full_like(e, (min_weight + 1) / 2)
+            else:
+                w = min_weight + (1 - min_weight) * torch.clamp((e - lo) / max(hi - lo, 1e-6), 0, 1)
+            weights[i, valid[i]] = w.float()
+    return weights
+
+
+def exact_low_rank_positives(seed=0, groups=3, per_group=4, length=12, width=32, true_rank=3):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.empty(groups * per_group, length, width)
+    is_positive = torch.tensor([True, True, False, False] * groups)
+    for gi in range(groups):
+        basis = torch.randn(true_rank, width, generator=g)
+        offset = torch.randn(width, generator=g)
+        for r in range(gi * per_group, (gi + 1) * per_group):
+            on = torch.randn(length, true_rank, generator=g) @ basis + offset
+            if is_positive[r]:
+                hidden[r] = on
+            else:
+                hidden[r] = on + torch.rand(length, 1, generator=g) * torch.randn(length, width, generator=g)
+    valid = torch.rand(groups * per_group, length, generator=g) > 0.2
+    valid[:, :2] = True
+    group_ids = torch.arange(groups).repeat_interleave(per_group) * 7 + 3
+    return hidden, valid, group_ids, is_positive
+
+
+def test_matches_exact_spec_on_low_rank_data():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives()
+    # Positives lie on a 3-dim affine subspace: after layer norm and centring they span 4 dimensions, so with
+    # rank 4 the subspace is well defined and the randomised PCA must find it exactly.
+    gen = torch.Generator().manual_seed(0)
+    got = residual_token_weights(hidden, valid, group_ids, is_positive, rank=4, generator=gen)
+    want = spec_weights(hidden, valid, group_ids, is_positive, rank=4)
+    assert got.dtype == torch.float32 and got.shape == valid.shape
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+    negatives = valid & ~is_positive[:, None]
+    assert (got[negatives] >= 0.1 - 1e-6).all() and (got[negatives] <= 1 + 1e-6).all()
+    assert (got[~negatives] == 1).all()
+    # the weights really vary: some tokens near 0.1, some at 1
+    assert got[negatives].min() < 0.11 and got[negatives].max() == 1.0
+
+
+def test_default_rank_clamps_to_positive_count_and_width():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives(width=16, length=6, true_rank=12)
+    valid[is_positive] = False
+    valid[is_positive, :3] = True  # |P| = 6 per group: k = min(64, |P| - 1, H) = 5, the whole centred span
+    got = residual_token_weights(hidden, valid, group_ids, is_positive, generator=torch.Generator().manual_seed(1))
+    want = spec_weights(hidden, valid, group_ids, is_positive)
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+
+
+def test_rank_clamped_to_hidden_width():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives(width=8, length=20, true_rank=4)
+    got = residual_token_weights(hidden, valid, group_ids, is_positive, rank=64)
+    # k = H: every centred vector lies in the subspace, all energies ~0 -> flat -> (0.1 + 1) / 2
+    negatives = valid & ~is_positive[:, None]
+    torch.testing.assert_close(got[negatives], torch.full_like(got[negatives], 0.55))
+
+
+def test_all_positive_or_all_negative_groups_keep_weight_one():
+    hidden, valid, group_ids, _ = exact_low_rank_positives()
+    for flag in (True, False):
+        is_positive = torch.full((hidden.shape[0],), flag)
+        result = compute_residual_weights(hidden, valid, group_ids, is_positive)
+        assert (result.weights == 1).all()
+        assert result.stats.mixed_groups == 0 and result.stats.groups == 3
+
+
+def test_fewer_than_four_positive_tokens_skips_group():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives(groups=1)
+    valid[is_positive] = False
+    valid[0, :3] = True  # 3 positive tokens in all
+    result = compute_residual_weights(hidden, valid, group_ids, is_positive)
+    assert (result.weights == 1).all()
+    assert result.stats.skipped_groups == 1 and result.stats.mixed_groups == 1
+    valid[0, 3] = True  # the 4th positive token makes the group usable
+    result = compute_residual_weights(hidden, valid, group_ids, is_positive)
+    assert result.stats.skipped_groups == 0 and (result.weights < 1).any()
+
+
+def test_flat_energies_give_midpoint_weight():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives(groups=1)
+    hidden[~is_positive] = hidden[0, 0].clone()  # every negative token identical -> identical energies
+    weights = residual_token_weights(hidden, valid, group_ids, is_positive, min_weight=0.2)
+    negatives = valid & ~is_positive[:, None]
+    torch.testing.assert_close(weights[negatives], torch.full_like(weights[negatives], 0.6))
+
+
+def test_bf16_input_computed_in_fp32():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives()
+    bf16 = hidden.bfloat16()
+    got = residual_token_weights(
+        bf16, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+    )
+    want = spec_weights(bf16.float(), valid, group_ids, is_positive, rank=4)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
+
+
+def test_non_finite_group_is_skipped_and_others_unchanged():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives()
+    clean = residual_token_weights(
+        hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+    )
+    hidden[2, 0, 5] = float("nan")  # a valid negative token of group 0
+    hidden[4, 1, 0] = float("inf")  # a valid positive token of group 1
+    hidden[9, ~valid[9]] = float("nan")  # invalid tokens are never read
+    result = compute_residual_weights(
+        hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.isfinite(result.weights).all()
+    assert (result.weights[:8] == 1).all()
+    torch.testing.assert_close(result.weights[8:], clean[8:], atol=2e-4, rtol=0)
+    assert result.stats.skipped_groups == 2
+    assert all(torch.isfinite(v).all() for v in result.stats)
+
+
+def test_subsampling_keeps_max_pos_tokens_uniformly_and_is_seeded():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives(groups=2, length=40, width=16)
+    gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    a = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=gen(0))
+    b = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=gen(0))
+    c = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=gen(1))
+    full = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10_000, generator=gen(0))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)  # same seed, same subset
+    assert not torch.equal(a, c)  # another seed draws another subset
+    assert not torch.equal(a, full)
+    # With rank 4 (the span of the layer-normed positives), any 10-token subset spans the whole positive set: the weights agree with
+    # the full set's up to round-off, which shows the subset is drawn from the right tokens.
+    sub = residual_token_weights(hidden, valid, group_ids, is_positive, rank=4, max_pos_tokens=10, generator=gen(3))
+    ref = spec_weights(hidden, valid, group_ids, is_positive, rank=4)
+    assert (sub - ref).abs().max() < 0.05
+
+
+def test_does_not_touch_global_rng_when_given_a_generator():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives(length=40, width=16)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=torch.Generator())
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_stats_are_consistent():
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives()
+    result = compute_residual_weights(hidden, valid, group_ids, is_positive, rank=4)
+    negatives = valid & ~is_positive[:, None]
+    s = result.stats
+    assert s.weighted_tokens == negatives.sum()
+    torch.testing.assert_close(s.weight_sum, result.weights[negatives].sum())
+    assert 0 < s.alignment_sum / s.weighted_tokens < 1
+    assert s.energy_sum > 0
+    assert (s.positives, s.negatives) == (6, 6)
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match="hidden must be"):
+        residual_token_weights(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), torch.zeros(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="valid_mask must be"):
+        residual_token_weights(
+            torch.zeros(2, 3, 4), torch.ones(2, 4, dtype=torch.bool), torch.zeros(2), torch.zeros(2)
+        )
+
+
+def test_think_span_mask():
+    start, end = [7], [8, 9]
+    ids = torch.tensor(
+        [
+            [1, 7, 2, 3, 8, 9, 4, 5],  # one span, markers included
+            [1, 2, 3, 4, 5, 6, 1, 2],  # none
+            [8, 9, 1, 7, 2, 2, 2, 2],  # stray end marker ignored; span left open runs to the end
+            [7, 8, 9, 7, 1, 8, 9, 3],  # two spans
+        ]
+    )
+    want = torch.tensor(
+        [
+            [0, 1, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1, 1, 1, 0],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(think_span_mask(ids, start, end), want)
+    with pytest.raises(ValueError):
+        think_span_mask(ids, [], end)
