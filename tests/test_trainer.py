@@ -1,0 +1,304 @@
+"""ResRLTrainer on tiny models: the hook, the per-token advantages, GRPO equivalence, batching, training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_model, parity_reward
+from peft import LoraConfig
+from trl import GRPOConfig, GRPOTrainer
+
+import resrl_trl.trainer as trainer_module
+from resrl_trl import ResRLConfig, ResRLTrainer, compute_residual_weights
+from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY, shuffle_groups
+
+COMMON = dict(
+    use_cpu=True,
+    report_to="none",
+    num_generations=4,
+    per_device_train_batch_size=8,
+    max_completion_length=10,
+    max_steps=2,
+    logging_steps=1,
+    save_strategy="no",
+    learning_rate=1e-2,
+    seed=0,
+    beta=0.0,
+    bf16=False,  # TRL's default autocasts to bf16, on CPU too; fp32 makes the comparisons exact
+)
+
+
+def make_trainer(tmp_path, tokenizer, dataset, cls=ResRLTrainer, model=None, peft_config=None, **overrides):
+    config_cls = ResRLConfig if cls is ResRLTrainer else GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / cls.__name__), **{**COMMON, **overrides})
+    trainer = cls(
+        model=model if model is not None else make_model(tokenizer),
+        reward_funcs=parity_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop; tests call _compute_loss directly
+    return trainer
+
+
+def hand_batch(tokenizer, batch=8, group_size=4, prompt_len=5, completion_len=9, seed=0):
+    """A rollout batch in the form `_compute_loss` receives, with mixed groups and ragged completions."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_ids = torch.randint(10, 90, (batch, prompt_len), generator=g)
+    prompt_mask = torch.ones(batch, prompt_len, dtype=torch.long)
+    prompt_mask[0, :2] = 0  # left padding
+    prompt_ids[0, :2] = tokenizer.pad_token_id
+    completion_ids = torch.randint(10, 90, (batch, completion_len), generator=g)
+    completion_mask = torch.ones(batch, completion_len, dtype=torch.long)
+    completion_mask[1, 6:] = 0  # right padding
+    completion_mask[6, 7:] = 0
+    is_positive = torch.tensor([True, False, True, False, False, True, False, True])[:batch]
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.where(is_positive, 1.0, -1.0) * torch.linspace(0.5, 1.5, batch),
+        "num_items_in_batch": completion_mask.sum(),
+        GROUP_IDS_KEY: torch.arange(batch) // group_size,
+        IS_POSITIVE_KEY: is_positive,
+    }
+
+
+def reference_hidden(model, batch, index=-2):
+    """`output_hidden_states[index]` at the positions whose logits score the completion tokens."""
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    with torch.no_grad():
+        states = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    length, tokens = input_ids.size(1), batch["completion_ids"].size(1)
+    return states[index][:, length - tokens - 1 : length - 1]
+
+
+def record_hidden(monkeypatch):
+    seen = []
+    real = trainer_module.compute_residual_weights
+
+    def spy(hidden, *args, **kwargs):
+        seen.append(hidden.clone())
+        return real(hidden, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "compute_residual_weights", spy)
+    return seen
+
+
+@pytest.mark.parametrize("variant", ["plain", "lora", "gradient_checkpointing", "lora+gradient_checkpointing"])
+def test_hook_captures_second_to_last_block_at_aligned_positions(
+    variant, tmp_path, tokenizer, prompts_dataset, monkeypatch
+):
+    peft = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if "lora" in variant else None
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        prompts_dataset,
+        peft_config=peft,
+        gradient_checkpointing="gradient_checkpointing" in variant,
+    )
+    if peft is not None:  # make LoRA change the forward, so a capture from the wrong model would show
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.5)
+    seen = record_hidden(monkeypatch)
+    batch = hand_batch(tokenizer)
+    hooks_before = dict(trainer._resrl_layer._forward_hooks)  # transformers keeps hooks of its own there
+    trainer.model.train()
+    loss = trainer._compute_loss(trainer.model, batch)
+    loss.backward()  # a checkpointed block's recomputation must not reach the hook
+    assert len(seen) == 1
+    assert dict(trainer._resrl_layer._forward_hooks) == hooks_before  # ResRL's hook is gone after the step
+    trainer.model.eval()
+    torch.testing.assert_close(seen[0], reference_hidden(trainer.model, batch), atol=1e-5, rtol=1e-5)
+    assert batch["advantages"].dim() == 1  # the caller's (buffered) batch is untouched
+
+
+def test_per_token_advantages_equal_grpo_loss_with_those_advantages(tmp_path, tokenizer, prompts_dataset):
+    resrl = make_trainer(tmp_path, tokenizer, prompts_dataset, resrl_rank=4, gradient_checkpointing=False)
+    grpo = make_trainer(
+        tmp_path,
+        tokenizer,
+        prompts_dataset,
+        cls=GRPOTrainer,
+        model=copy.deepcopy(resrl.model),
+        gradient_checkpointing=False,
+    )
+    batch = hand_batch(tokenizer)
+    hidden = reference_hidden(resrl.model, batch)
+    expected = compute_residual_weights(
+        hidden,
+        batch["completion_mask"].bool(),
+        batch[GROUP_IDS_KEY],
+        batch[IS_POSITIVE_KEY],
+        rank=4,
+        generator=torch.Generator().manual_seed(7),
+    )
+    assert ((expected.weights < 1) & (expected.weights >= 0.1)).any()  # the test exercises real weights
+    factor = torch.where(batch[IS_POSITIVE_KEY][:, None], 0.1, expected.weights)
+    per_token = dict(batch, advantages=batch["advantages"][:, None] * factor)
+
+    resrl._resrl_generator.manual_seed(7)
+    loss_resrl = resrl._compute_loss(resrl.model, batch)
+    loss_grpo = grpo._compute_loss(grpo.model, per_token)
+    torch.testing.assert_close(loss_resrl, loss_grpo, atol=1e-6, rtol=1e-5)
+    plain = grpo._compute_loss(grpo.model, batch)
+    assert not torch.allclose(loss_resrl, plain)  # ResRL really changes the loss
+
+
+def test_unit_weights_reproduce_grpo_loss_and_gradients(tmp_path, tokenizer, prompts_dataset):
+    resrl = make_trainer(
+        tmp_path, tokenizer, prompts_dataset, resrl_pos_weight=1.0, resrl_min_weight=1.0, gradient_checkpointing=False
+    )
+    grpo = make_trainer(
+        tmp_path,
+        tokenizer,
+        prompts_dataset,
+        cls=GRPOTrainer,
+        model=copy.deepcopy(resrl.model),
+        gradient_checkpointing=False,
+    )
+    batch = hand_batch(tokenizer)
+    loss_a = resrl._compute_loss(resrl.model, batch)
+    loss_b = grpo._compute_loss(grpo.model, batch)
+    loss_a.backward()
+    loss_b.backward()
+    torch.testing.assert_close(loss_a, loss_b, atol=0, rtol=1e-6)
+    grads_a = {n: p.grad for n, p in resrl.model.named_parameters()}
+    for name, param in grpo.model.named_parameters():
+        torch.testing.assert_close(grads_a[name], param.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_shuffle_groups_keeps_groups_whole_and_draws_trl_rng():
+    batch = {"x": torch.arange(12) * 10, "names": [f"n{i}" for i in range(12)], "scalar": torch.tensor(3.0)}
+    torch.manual_seed(5)
+    shuffled = shuffle_groups(batch, 4)
+    after = torch.rand(2)
+    torch.manual_seed(5)
+    torch.randperm(12)
+    assert torch.equal(torch.rand(2), after)  # same RNG consumption as TRL's row shuffle
+    groups = (shuffled["x"] // 10).view(3, 4)
+    assert (groups // 4 == groups[:, :1] // 4).all()  # each run of 4 rows is one whole group
+    assert sorted(groups[:, 0].tolist()) == [0, 4, 8]
+    assert shuffled["names"] == [f"n{i}" for i in (shuffled["x"] // 10).tolist()]
+    assert shuffled["scalar"] is batch["scalar"]
+    orders = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        orders.add(tuple(shuffle_groups(batch, 4)["x"][::4].tolist()))
+    assert len(orders) == 6  # every order of 3 groups occurs
+
+
+def test_training_steps_end_to_end(tmp_path, tokenizer, prompts_dataset):
+    resrl = make_trainer(tmp_path, tokenizer, prompts_dataset, steps_per_generation=2, max_steps=4)
+    before = {n: p.detach().clone() for n, p in resrl.model.named_parameters()}
+    resrl.train()
+    history = [h for h in resrl.state.log_history if "loss" in h]
+    assert len(history) == 4
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    for key in (
+        "resrl/neg_token_weight_mean",
+        "resrl/residual_energy_mean",
+        "resrl/neg_alignment_mean",
+        "resrl/mixed_group_frac",
+        "resrl/skipped_groups",
+        "resrl/positives",
+        "resrl/negatives",
+    ):
+        assert key in history[0]
+    mixed = [h for h in history if h["resrl/mixed_group_frac"] > 0]
+    assert mixed, "the parity reward should give mixed groups"
+    assert all(0.1 <= h["resrl/neg_token_weight_mean"] <= 1.0 for h in mixed)
+    assert all(h["resrl/positives"] + h["resrl/negatives"] == 8 for h in history)
+    assert any(not torch.equal(p, before[n]) for n, p in resrl.model.named_parameters())
+
+
+def test_same_seed_samples_same_completions_as_grpo(tmp_path, tokenizer, prompts_dataset):
+    """With unit weights and one micro-batch per generation (so the group-level shuffle cannot change an update),
+    ResRL's updates equal GRPO's: over several generations both runs must sample the very same completions and log
+    the same losses, which shows ResRL's own randomness never touches the global RNG."""
+    overrides = dict(steps_per_generation=1, max_steps=4, resrl_pos_weight=1.0, resrl_min_weight=1.0)
+    resrl = make_trainer(tmp_path, tokenizer, prompts_dataset, **overrides)
+    resrl.train()
+    resrl_completions = list(resrl._logs["completion"])
+    overrides = {k: v for k, v in overrides.items() if not k.startswith("resrl_")}
+    grpo = make_trainer(tmp_path, tokenizer, prompts_dataset, cls=GRPOTrainer, **overrides)
+    grpo.train()
+    assert resrl_completions == list(grpo._logs["completion"])
+    losses = [[h["loss"] for h in t.state.log_history if "loss" in h] for t in (resrl, grpo)]
+    assert len(losses[0]) == 4
+    torch.testing.assert_close(torch.tensor(losses[0]), torch.tensor(losses[1]), atol=1e-6, rtol=1e-4)
+
+
+def test_partial_group_in_micro_batch_is_refused(tmp_path, tokenizer, prompts_dataset):
+    trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False)
+    batch = hand_batch(tokenizer)
+    batch[GROUP_IDS_KEY] = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2])
+    with pytest.raises(RuntimeError, match="partial prompt group"):
+        trainer._compute_loss(trainer.model, batch)
+
+
+def test_think_mask_removes_think_tokens(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        prompts_dataset,
+        resrl_mask_think=True,
+        resrl_think_start="[",
+        resrl_think_end="]",
+        gradient_checkpointing=False,
+    )
+    masks = []
+    real = trainer_module.compute_residual_weights
+    monkeypatch.setattr(
+        trainer_module,
+        "compute_residual_weights",
+        lambda h, valid, *a, **k: masks.append(valid) or real(h, valid, *a, **k),
+    )
+    batch = hand_batch(tokenizer)
+    open_id, close_id = tokenizer.convert_tokens_to_ids(["[", "]"])
+    batch["completion_ids"][2, 1], batch["completion_ids"][2, 4] = open_id, close_id
+    trainer._compute_loss(trainer.model, batch)
+    expected = batch["completion_mask"].bool().clone()
+    expected[2, 1:5] = False
+    assert torch.equal(masks[0], expected)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(per_device_train_batch_size=6), "multiple of num_generations"),
+        (dict(resrl_rank=0), "resrl_rank"),
+        (dict(resrl_q_low=0.9, resrl_q_high=0.5), "resrl_q_low < resrl_q_high"),
+        (dict(resrl_min_weight=1.5), "resrl_min_weight"),
+        (dict(resrl_pos_weight=-1.0), "resrl_pos_weight"),
+        (dict(resrl_hidden_layer=-1), "not a decoder block"),
+        (dict(resrl_max_pos_tokens=2), "resrl_max_pos_tokens"),
+    ],
+)
+def test_bad_config_is_refused_with_the_fix(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ResRLConfig(output_dir=str(tmp_path), **{**COMMON, **overrides})
+
+
+def test_hidden_layer_out_of_range_for_model(tmp_path, tokenizer, prompts_dataset):
+    with pytest.raises(ValueError, match=r"use an index in \[1, 2\]"):
+        make_trainer(tmp_path, tokenizer, prompts_dataset, resrl_hidden_layer=5)
+
+
+def test_plain_grpo_config_is_refused(tmp_path, tokenizer, prompts_dataset):
+    args = GRPOConfig(output_dir=str(tmp_path), **COMMON)
+    with pytest.raises(TypeError, match="ResRLConfig"):
+        ResRLTrainer(
+            model=make_model(tokenizer),
+            reward_funcs=parity_reward,
+            args=args,
+            train_dataset=prompts_dataset,
+            processing_class=tokenizer,
+        )
