@@ -109,6 +109,8 @@ def run_variant(opts: argparse.Namespace) -> dict:
     )
     trainer.current_gradient_accumulation_steps = 1
     model = trainer.model
+    if opts.checkpointing:
+        model.activation_checkpointing_enable()  # as Trainer.train() does
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     batch = make_batch(
@@ -214,7 +216,10 @@ def main() -> None:
             argv = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
             if checkpointing:
                 argv.append("--checkpointing")
-            out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"variant {variant} (checkpointing={checkpointing}) failed:\n{proc.stderr[-4000:]}")
+            out = proc.stdout
             key = f"{variant}{'_ckpt' if checkpointing else ''}"
             results[key] = json.loads(out.strip().splitlines()[-1])
             print(key, results[key], flush=True)

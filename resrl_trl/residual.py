@@ -90,20 +90,23 @@ def _rank_within_group(token_group: torch.Tensor, num_groups: int, sort_key: tor
 def _randomized_top_right_singular_vectors(
     a: torch.Tensor, q: int, niter: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Top-``q`` right singular vectors of each ``a[g]`` (``(G, N, H)`` -> ``(G, H, q)``), by randomised range finding.
+    """Top-``q`` right singular vectors of each ``a[g]`` (``(G, N, H)`` -> ``(G, H, q)``), by randomised PCA.
 
-    The same algorithm as ``torch.pca_lowrank`` / ``torch.svd_lowrank`` (Halko et al. 2011, with ``niter`` power
-    iterations), written out so that it draws its random matrix from ``generator`` instead of the global RNG.
+    The subspace iteration of ``torch.pca_lowrank`` / ``torch.svd_lowrank`` (Halko et al. 2011: a Gaussian start,
+    ``niter`` power iterations, then Rayleigh-Ritz), run on the ``H x H`` Gram matrix ``a^T a`` so that each
+    iteration costs ``H^2 q`` instead of ``N H q`` and orthonormalises ``H x q`` blocks only; in exact arithmetic it
+    spans the same subspace as ``svd_lowrank``'s alternating ``a`` / ``a^T`` products. The random start is drawn from
+    ``generator``, never from the global RNG.
     """
     num_groups, _, hidden = a.shape
+    gram = a.mT @ a  # (G, H, H)
     omega = torch.randn(num_groups, hidden, q, generator=generator, device=a.device, dtype=a.dtype)
-    basis = torch.linalg.qr(a @ omega).Q
-    a_t = a.mT
+    basis = torch.linalg.qr(gram @ omega).Q
     for _ in range(niter):
-        basis = torch.linalg.qr(a @ torch.linalg.qr(a_t @ basis).Q).Q
-    projected = basis.mT @ a  # (G, q, H)
-    _, _, vh = torch.linalg.svd(projected, full_matrices=False)
-    return vh.mT
+        basis = torch.linalg.qr(gram @ basis).Q
+    # Rayleigh-Ritz: the exact top singular vectors of `a` restricted to span(basis), in decreasing order.
+    _, ritz_vectors = torch.linalg.eigh(basis.mT @ gram @ basis)
+    return basis @ ritz_vectors.flip(-1)
 
 
 def compute_residual_weights(
@@ -121,6 +124,37 @@ def compute_residual_weights(
     generator: torch.Generator | None = None,
 ) -> ResidualWeights:
     """ResRL per-token weights and their statistics. See :func:`residual_token_weights` for the arguments."""
+    # Called from inside a training forward, where autocast would silently run the matmuls in bf16/fp16.
+    with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
+        return _compute_residual_weights(
+            hidden,
+            valid_mask,
+            group_ids,
+            is_positive,
+            rank=rank,
+            max_pos_tokens=max_pos_tokens,
+            q_low=q_low,
+            q_high=q_high,
+            min_weight=min_weight,
+            niter=niter,
+            generator=generator,
+        )
+
+
+def _compute_residual_weights(
+    hidden: torch.Tensor,
+    valid_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    is_positive: torch.Tensor,
+    *,
+    rank: int,
+    max_pos_tokens: int,
+    q_low: float,
+    q_high: float,
+    min_weight: float,
+    niter: int,
+    generator: torch.Generator | None,
+) -> ResidualWeights:
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be (B, T, H), got shape {tuple(hidden.shape)}")
     batch, length, width = hidden.shape
@@ -128,7 +162,8 @@ def compute_residual_weights(
         raise ValueError(f"valid_mask must be {(batch, length)}, got {tuple(valid_mask.shape)}")
     if group_ids.shape != (batch,) or is_positive.shape != (batch,):
         raise ValueError(
-            f"group_ids and is_positive must be ({batch},), got {tuple(group_ids.shape)} and {tuple(is_positive.shape)}"
+            f"group_ids and is_positive must be ({batch},), got {tuple(group_ids.shape)} and "
+            f"{tuple(is_positive.shape)}"
         )
     device = hidden.device
     f32 = dict(device=device, dtype=torch.float32)
@@ -147,12 +182,13 @@ def compute_residual_weights(
     neg_b, neg_t = torch.nonzero(valid & (~positive & seq_mixed)[:, None], as_tuple=True)
     pos_group, neg_group = seq_group[pos_b], seq_group[neg_b]
 
-    # A group is usable when it has >= 4 positive tokens and every hidden state it would read is finite.
-    finite = torch.ones(num_groups, dtype=torch.bool, device=device)
-    for tok_b, tok_t, tok_group in ((pos_b, pos_t, pos_group), (neg_b, neg_t, neg_group)):
-        bad_tokens = ~torch.isfinite(hidden[tok_b, tok_t]).all(-1)
-        finite &= torch.bincount(tok_group[bad_tokens], minlength=num_groups) == 0
+    # A group is usable when it has >= 4 positive tokens and every hidden state it would read is finite. A row sum
+    # is finite iff the row is (a cheap (B, T) reduction, no (B, T, H) temporary).
+    token_finite = torch.isfinite(hidden.sum(-1, dtype=torch.float32))
+    bad_tokens = torch.cat([pos_group[~token_finite[pos_b, pos_t]], neg_group[~token_finite[neg_b, neg_t]]])
+    finite = torch.bincount(bad_tokens, minlength=num_groups) == 0
     pos_tokens_per_group = torch.bincount(pos_group, minlength=num_groups)
+    neg_tokens_per_group = torch.bincount(neg_group, minlength=num_groups)
     active = mixed & finite & (pos_tokens_per_group >= MIN_POSITIVE_TOKENS)
 
     zero = torch.zeros((), **f32)
@@ -163,28 +199,28 @@ def compute_residual_weights(
         positives=positive.sum().float(),
         negatives=(~positive).sum().float(),
     )
-    if not bool(active.any()):
+    # Every size the padded layout needs, read in one device-to-host sync.
+    num_active, most_pos, most_neg = torch.stack(
+        [active.sum(), (pos_tokens_per_group * active).max(), (neg_tokens_per_group * active).max()]
+    ).tolist()
+    if num_active == 0 or most_neg == 0:
         return ResidualWeights(weights, ResidualStats(zero, zero, zero, zero.clone(), **stats_counts))
 
     # Compact numbering of the active groups: 0..A-1 (-1 for the others).
     active_index = torch.cumsum(active.long(), 0) - 1
     active_index[~active] = -1
-    num_active = int(active.sum())
 
     # --- Positive set P per group (steps 1-3): subsample, layer-norm, centre. ---
     keep = active[pos_group]
     pos_b, pos_t, pos_group = pos_b[keep], pos_t[keep], active_index[pos_group[keep]]
-    needs_subsample = bool((pos_tokens_per_group[active] > max_pos_tokens).any())
-    sort_key = (
-        torch.rand(pos_group.numel(), generator=generator, device=device, dtype=torch.float64)
-        if needs_subsample
-        else None
-    )
+    sort_key = None
+    if most_pos > max_pos_tokens:
+        sort_key = torch.rand(pos_group.numel(), generator=generator, device=device, dtype=torch.float64)
     order, sorted_group, slot, counts = _rank_within_group(pos_group, num_active, sort_key)
     kept = slot < max_pos_tokens  # a uniform subset without replacement: the first max_pos_tokens of a random order
     order, sorted_group, slot = order[kept], sorted_group[kept], slot[kept]
     pos_count = counts.clamp(max=max_pos_tokens)
-    padded_rows = int(pos_count.max())
+    padded_rows = min(most_pos, max_pos_tokens)
 
     positives = torch.zeros(num_active, padded_rows, width, **f32)
     positives[sorted_group, slot] = _layer_norm_fp32(hidden[pos_b[order], pos_t[order]])
@@ -195,7 +231,7 @@ def compute_residual_weights(
 
     # --- Subspace V_k (steps 4-5). ---
     group_rank = torch.clamp(pos_count - 1, max=min(rank, width))
-    q = int(group_rank.max())
+    q = min(rank, width, padded_rows - 1)
     basis = _randomized_top_right_singular_vectors(positives, q, niter, generator)
     basis = basis * (torch.arange(q, device=device)[None, :] < group_rank[:, None])[:, None, :]
     del positives
@@ -205,9 +241,7 @@ def compute_residual_weights(
     neg_b, neg_t, neg_group = neg_b[keep], neg_t[keep], active_index[neg_group[keep]]
     order, sorted_group, slot, neg_count = _rank_within_group(neg_group, num_active)
     neg_b, neg_t = neg_b[order], neg_t[order]
-    padded_neg = int(neg_count.max()) if neg_count.numel() else 0
-    if padded_neg == 0:
-        return ResidualWeights(weights, ResidualStats(zero, zero, zero, zero.clone(), **stats_counts))
+    padded_neg = most_neg
     centred = torch.zeros(num_active, padded_neg, width, **f32)
     centred[sorted_group, slot] = _layer_norm_fp32(hidden[neg_b, neg_t])
     centred.sub_(mean[:, None, :])

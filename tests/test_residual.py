@@ -163,8 +163,8 @@ def test_subsampling_keeps_max_pos_tokens_uniformly_and_is_seeded():
     torch.testing.assert_close(a, b, atol=0, rtol=0)  # same seed, same subset
     assert not torch.equal(a, c)  # another seed draws another subset
     assert not torch.equal(a, full)
-    # With rank 4 (the span of the layer-normed positives), any 10-token subset spans the whole positive set: the weights agree with
-    # the full set's up to round-off, which shows the subset is drawn from the right tokens.
+    # With rank 4 (the span of the layer-normed positives), any 10-token subset spans the whole positive set: the
+    # weights agree with the full set's up to round-off, which shows the subset is drawn from the right tokens.
     sub = residual_token_weights(hidden, valid, group_ids, is_positive, rank=4, max_pos_tokens=10, generator=gen(3))
     ref = spec_weights(hidden, valid, group_ids, is_positive, rank=4)
     assert (sub - ref).abs().max() < 0.05
@@ -222,3 +222,16 @@ def test_think_span_mask():
     assert torch.equal(think_span_mask(ids, start, end), want)
     with pytest.raises(ValueError):
         think_span_mask(ids, [], end)
+
+
+def test_autocast_does_not_lower_precision():
+    """The trainer calls the weights inside the model's autocast region: the maths must still run in fp32."""
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives()
+    plain = residual_token_weights(
+        hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = residual_token_weights(
+            hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+        )
+    torch.testing.assert_close(autocast, plain, atol=0, rtol=0)

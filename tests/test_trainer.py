@@ -107,17 +107,51 @@ def test_hook_captures_second_to_last_block_at_aligned_positions(
         for name, param in trainer.model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.5)
+    checkpointing = "gradient_checkpointing" in variant
+    if checkpointing and not trainer.model.is_activation_checkpointing:
+        trainer.model.activation_checkpointing_enable()  # Trainer.train() would do this; the test calls the step
     seen = record_hidden(monkeypatch)
     batch = hand_batch(tokenizer)
     hooks_before = dict(trainer._resrl_layer._forward_hooks)  # transformers keeps hooks of its own there
+    layer_calls = []
+    counter = trainer._resrl_layer.register_forward_hook(lambda *args: layer_calls.append(1))
     trainer.model.train()
     loss = trainer._compute_loss(trainer.model, batch)
-    loss.backward()  # a checkpointed block's recomputation must not reach the hook
+    assert dict(trainer._resrl_layer._forward_hooks) == {
+        **hooks_before,
+        counter.id: counter.hooks_dict_ref()[counter.id],
+    }
+    loss.backward()
+    counter.remove()
+    # transformers checkpoints `forward` inside `__call__`, so module hooks run once even when checkpointing
+    assert trainer._resrl_layer.gradient_checkpointing == checkpointing
+    assert len(layer_calls) == 1
     assert len(seen) == 1
     assert dict(trainer._resrl_layer._forward_hooks) == hooks_before  # ResRL's hook is gone after the step
     trainer.model.eval()
     torch.testing.assert_close(seen[0], reference_hidden(trainer.model, batch), atol=1e-5, rtol=1e-5)
     assert batch["advantages"].dim() == 1  # the caller's (buffered) batch is untouched
+
+
+def test_hook_uses_first_forward_when_the_block_runs_again(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    """Some checkpointing wrappers re-enter the block's __call__ on recomputation: only the first run counts."""
+    trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False)
+    seen = record_hidden(monkeypatch)
+    real = trainer._get_per_token_logps_and_entropies
+
+    def run_twice(model, input_ids, *args, **kwargs):
+        with torch.no_grad():
+            model(input_ids=input_ids * 0 + 5)  # a second, different run of every block
+        return real(model, input_ids, *args, **kwargs)
+
+    batch = hand_batch(tokenizer)
+    monkeypatch.setattr(trainer, "_get_per_token_logps_and_entropies", run_twice)
+    trainer._compute_loss(trainer.model, batch)
+    assert len(seen) == 1
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    with torch.no_grad():
+        first = trainer.model(input_ids=input_ids * 0 + 5, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(seen[0], first[:, -batch["completion_ids"].size(1) - 1 : -1])
 
 
 def test_per_token_advantages_equal_grpo_loss_with_those_advantages(tmp_path, tokenizer, prompts_dataset):
@@ -273,7 +307,7 @@ def test_think_mask_removes_think_tokens(tmp_path, tokenizer, prompts_dataset, m
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(per_device_train_batch_size=6), "multiple of num_generations"),
+        (dict(per_device_train_batch_size=2, steps_per_generation=2), "multiple of num_generations"),
         (dict(resrl_rank=0), "resrl_rank"),
         (dict(resrl_q_low=0.9, resrl_q_high=0.5), "resrl_q_low < resrl_q_high"),
         (dict(resrl_min_weight=1.5), "resrl_min_weight"),
