@@ -245,12 +245,13 @@ def _compute_residual_weights(
     centred = torch.zeros(num_active, padded_neg, width, **f32)
     centred[sorted_group, slot] = _layer_norm_fp32(hidden[neg_b, neg_t])
     centred.sub_(mean[:, None, :])
-    total_energy = centred.square().sum(-1)
-    coords = centred @ basis  # (A, M, q)
-    inside_energy = coords.square().sum(-1)
-    residual = centred.sub_(coords @ basis.mT)
-    energy_padded = residual.square().sum(-1) / width
-    del centred, residual, coords
+    total_energy = torch.linalg.vector_norm(centred, dim=-1).square()
+    coords = centred @ basis  # (A, M, q): coordinates of z in the subspace
+    del centred
+    inside_energy = torch.linalg.vector_norm(coords, dim=-1).square()
+    # ||z - V V^T z||^2 = ||z||^2 - ||V^T z||^2 (Pythagoras, V has orthonormal columns): no (A, M, H) residual.
+    energy_padded = (total_energy - inside_energy).clamp(min=0.0) / width
+    del coords
 
     # --- Per-group quantiles over the valid negative tokens (step 7), as torch.quantile's "linear". ---
     is_real = torch.arange(padded_neg, device=device)[None, :] < neg_count[:, None]
