@@ -9,8 +9,11 @@ import torch.nn.functional as F
 from resrl_trl.residual import compute_residual_weights, residual_token_weights, think_span_mask
 
 
-def spec_weights(hidden, valid, group_ids, is_positive, rank=64, q_low=0.2, q_high=0.8, min_weight=0.1):
-    """Steps 1-8 of the spec, one group at a time, with an exact SVD and torch.quantile (no subsampling)."""
+def spec_weights(
+    hidden, valid, group_ids, is_positive, rank=64, q_low=0.2, q_high=0.8, min_weight=0.1, pca_lowrank=False
+):
+    """Steps 1-8 of the spec, one group at a time, with torch.quantile (no subsampling) and an exact SVD, or with
+    ``torch.pca_lowrank(Xc, q=k, niter=4)`` as the reference code does."""
     weights = torch.ones(valid.shape, dtype=torch.float32)
     width = hidden.shape[-1]
     for g in group_ids.unique():
@@ -25,7 +28,10 @@ def spec_weights(hidden, valid, group_ids, is_positive, rank=64, q_low=0.2, q_hi
         x = F.layer_norm(p, (width,), eps=1e-5)
         mu = x.mean(0)
         k = min(rank, p.shape[0] - 1, width)
-        v = torch.linalg.svd(x - mu, full_matrices=False).Vh[:k].T
+        if pca_lowrank:
+            v = torch.pca_lowrank((x - mu).float(), q=k, niter=4)[2].double()
+        else:
+            v = torch.linalg.svd(x - mu, full_matrices=False).Vh[:k].T
         energies = {}
         for i in neg_rows:
             z = F.layer_norm(hidden[i][valid[i]].double(), (width,), eps=1e-5) - mu
@@ -235,3 +241,27 @@ def test_autocast_does_not_lower_precision():
             hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
         )
     torch.testing.assert_close(autocast, plain, atol=0, rtol=0)
+
+
+def test_reproduces_the_reference_randomised_pca_on_full_rank_data():
+    """Hidden states with a slowly decaying spectrum (no exact low rank), where the randomised subspace (q = k, no
+    oversampling) differs from the exact SVD's. From the same random start (seed s: the reference draws its
+    Gaussian matrices group after group from the global RNG, we draw the same numbers from our generator) our weights
+    equal those of the reference's per-group torch.pca_lowrank(Xc, q=k, niter=4)."""
+    g = torch.Generator().manual_seed(0)
+    groups, per_group, length, width = 3, 8, 40, 48
+    scales = torch.logspace(0, -2, width)
+    hidden = torch.randn(groups * per_group, length, width, generator=g) * scales + torch.randn(width, generator=g)
+    valid = torch.ones(groups * per_group, length, dtype=torch.bool)
+    group_ids = torch.arange(groups).repeat_interleave(per_group)
+    is_positive = (torch.arange(groups * per_group) % per_group) < 3
+    negatives = valid & ~is_positive[:, None]
+    exact = spec_weights(hidden, valid, group_ids, is_positive, rank=8)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        reference = spec_weights(hidden, valid, group_ids, is_positive, rank=8, pca_lowrank=True).float()
+        ours = residual_token_weights(
+            hidden, valid, group_ids, is_positive, rank=8, generator=torch.Generator().manual_seed(seed)
+        )
+        torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
+        assert (reference - exact)[negatives].abs().mean() > 0.01  # the case really is approximate
