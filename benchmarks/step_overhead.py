@@ -3,12 +3,12 @@
     python benchmarks/step_overhead.py                      # embedded SmolLM2-135M on the CPU
     python benchmarks/step_overhead.py --model random-smollm2 --device cuda --dtype bfloat16
 
-Each variant (GRPO / ResRL, with and without gradient checkpointing) runs in its own process, so peak memory is that
-variant's alone (peak RSS on CPU, peak allocated CUDA memory on a GPU). A step is TRL's `_compute_loss` (the one
-training forward, where ResRL's hook computes the weights), `backward()` and an AdamW step, on one fixed batch of
-whole groups. The script also times the weights alone, vectorised over groups against a loop over groups. The last
-line printed is one JSON object with every figure; `time_ratio` and `peak_mem_ratio` are ResRL / GRPO without
-gradient checkpointing.
+Each variant (GRPO / ResRL, without and with gradient checkpointing, see `--checkpointing_modes`) runs in its own
+process, so peak memory is that variant's alone (peak RSS on CPU, peak allocated CUDA memory on a GPU). A step is
+TRL's `_compute_loss` (the one training forward, where ResRL's hook computes the weights), `backward()` and an AdamW
+step, on one fixed batch of whole groups. The script also times the weights alone, vectorised over groups against a
+loop over groups. The last line printed is one JSON object with every figure; `time_ratio` and `peak_mem_ratio` are
+ResRL / GRPO without gradient checkpointing (`_ckpt`: with it).
 """
 
 from __future__ import annotations
@@ -35,8 +35,24 @@ SMOLLM2_135M = dict(  # SmolLM2-135M's architecture, for a randomly initialised 
 )
 
 
-def build_model(name: str, dtype: torch.dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
+QWEN3_1_7B = dict(  # Qwen3-1.7B's architecture
+    vocab_size=151936,
+    hidden_size=2048,
+    intermediate_size=6144,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=40960,
+    tie_word_embeddings=True,
+    rope_theta=1e6,
+)
+
+
+def build_model(name: str, dtype: torch.dtype, device: str):
+    """The embedded GGUF, or a randomly initialised model of a real architecture (speed and memory do not depend on
+    the weights' values)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     if name == "embedded":
         from resrl_trl.models import load_model_and_tokenizer
@@ -44,7 +60,10 @@ def build_model(name: str, dtype: torch.dtype):
         model, _ = load_model_and_tokenizer(dtype=dtype)
         return model
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(dtype)
+    config = LlamaConfig(**SMOLLM2_135M) if name == "random-smollm2" else Qwen3Config(**QWEN3_1_7B)
+    config.dtype = dtype
+    with torch.device(device):
+        return (LlamaForCausalLM if name == "random-smollm2" else Qwen3ForCausalLM)(config).to(dtype)
 
 
 def make_batch(groups: int, group_size: int, prompt_len: int, completion_len: int, vocab: int, device: str):
@@ -84,7 +103,7 @@ def run_variant(opts: argparse.Namespace) -> dict:
     from resrl_trl import ResRLConfig, ResRLTrainer
 
     dtype = getattr(torch, opts.dtype)
-    model = build_model(opts.model, dtype)
+    model = build_model(opts.model, dtype, opts.device)
     on_gpu = opts.device.startswith("cuda")
     common = dict(
         output_dir="/tmp/resrl-bench",
@@ -194,7 +213,7 @@ def _tokenizer():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="embedded", choices=["embedded", "random-smollm2"])
+    parser.add_argument("--model", default="embedded", choices=["embedded", "random-smollm2", "random-qwen3-1.7b"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--groups", type=int, default=2)
@@ -203,6 +222,7 @@ def main() -> None:
     parser.add_argument("--completion_len", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--checkpointing_modes", default="off,on", help="which of off/on to run, comma-separated")
     parser.add_argument("--variant", choices=["grpo", "resrl"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -211,7 +231,8 @@ def main() -> None:
         return
 
     results = {}
-    for checkpointing in (False, True):
+    modes = opts.checkpointing_modes.split(",")
+    for checkpointing in [mode == "on" for mode in modes]:
         for variant in ("grpo", "resrl"):
             argv = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
             if checkpointing:
@@ -230,14 +251,16 @@ def main() -> None:
         "batch": f"{opts.groups} groups x {opts.group_size}",
         "prompt_len": opts.prompt_len,
         "completion_len": opts.completion_len,
-        "time_ratio": results["resrl"]["step_s"] / results["grpo"]["step_s"],
-        "peak_mem_ratio": results["resrl"]["peak_mem_mb"] / results["grpo"]["peak_mem_mb"],
-        "time_ratio_ckpt": results["resrl_ckpt"]["step_s"] / results["grpo_ckpt"]["step_s"],
-        "peak_mem_ratio_ckpt": results["resrl_ckpt"]["peak_mem_mb"] / results["grpo_ckpt"]["peak_mem_mb"],
-        "weights_speedup_vs_group_loop": results["resrl"]["weights_per_group_loop_s"]
-        / results["resrl"]["weights_vectorised_s"],
-        "raw": results,
     }
+    for suffix in ("", "_ckpt"):
+        if f"resrl{suffix}" in results:
+            resrl, grpo = results[f"resrl{suffix}"], results[f"grpo{suffix}"]
+            summary[f"time_ratio{suffix}"] = resrl["step_s"] / grpo["step_s"]
+            summary[f"peak_mem_ratio{suffix}"] = resrl["peak_mem_mb"] / grpo["peak_mem_mb"]
+            summary[f"weights_speedup_vs_group_loop{suffix}"] = (
+                resrl["weights_per_group_loop_s"] / resrl["weights_vectorised_s"]
+            )
+    summary["raw"] = results
     print(json.dumps(summary))
 
 
