@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -211,6 +212,24 @@ def _tokenizer():
     return tok
 
 
+def format_markdown(summary: dict) -> str:
+    """The summary as Markdown table rows: one row per checkpointing mode that was run."""
+    raw = summary["raw"]
+    rows = []
+    for suffix, label in (("", "off"), ("_ckpt", "on")):
+        if f"resrl{suffix}" not in raw:
+            continue
+        grpo, resrl = raw[f"grpo{suffix}"], raw[f"resrl{suffix}"]
+        rows.append(
+            f"| {summary['device']} | {summary['model']} {summary['dtype']} | {summary['batch']} x "
+            f"{summary['prompt_len']}+{summary['completion_len']} tok | {label} | {grpo['step_s']:.3f} | "
+            f"{resrl['step_s']:.3f} | **{summary['time_ratio' + suffix]:.3f}** | {grpo['peak_mem_mb']:.0f} | "
+            f"{resrl['peak_mem_mb']:.0f} | **{summary['peak_mem_ratio' + suffix]:.3f}** | "
+            f"{resrl['weights_vectorised_s'] * 1e3:.1f} | {resrl['weights_per_group_loop_s'] * 1e3:.1f} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded", choices=["embedded", "random-smollm2", "random-qwen3-1.7b"])
@@ -219,13 +238,18 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=2)
     parser.add_argument("--group_size", type=int, default=8)
     parser.add_argument("--prompt_len", type=int, default=48)
-    parser.add_argument("--completion_len", type=int, default=256)
+    parser.add_argument("--completion_len", type=int, default=192)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--checkpointing_modes", default="off,on", help="which of off/on to run, comma-separated")
+    parser.add_argument("--render", help="print the Markdown rows of a saved run's output file, and exit")
     parser.add_argument("--variant", choices=["grpo", "resrl"], help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.render:
+        last = Path(opts.render).read_text().strip().splitlines()[-1]
+        print(format_markdown(json.loads(last)))
+        return
     if opts.variant:
         print(json.dumps(run_variant(opts)))
         return
@@ -261,6 +285,7 @@ def main() -> None:
                 resrl["weights_per_group_loop_s"] / resrl["weights_vectorised_s"]
             )
     summary["raw"] = results
+    print(format_markdown(summary))
     print(json.dumps(summary))
 
 

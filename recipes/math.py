@@ -82,6 +82,14 @@ def main(script_args: MathScriptArguments, training_args: ResRLConfig, model_arg
     )
     trainer.train()
     trainer.save_model(training_args.output_dir)
+    rewards = [log["reward"] for log in trainer.state.log_history if "reward" in log]
+    if len(rewards) >= 2 and trainer.accelerator.is_main_process:
+        span = max(1, len(rewards) // 3)
+        first, last = sum(rewards[:span]) / span, sum(rewards[-span:]) / span
+        print(
+            f"mean reward: first {span} steps {first:.3f} -> last {span} steps {last:.3f}; saved to "
+            f"{training_args.output_dir}"
+        )
 
 
 def parse_args(argv: list[str]) -> tuple[MathScriptArguments, ResRLConfig, ModelConfig]:

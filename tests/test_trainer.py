@@ -304,6 +304,24 @@ def test_think_mask_removes_think_tokens(tmp_path, tokenizer, prompts_dataset, m
     assert torch.equal(masks[0], expected)
 
 
+def test_tool_output_is_neither_weighted_nor_used_for_the_basis(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False)
+    masks = []
+    real = trainer_module.compute_residual_weights
+    monkeypatch.setattr(
+        trainer_module,
+        "compute_residual_weights",
+        lambda h, valid, *a, **k: masks.append(valid) or real(h, valid, *a, **k),
+    )
+    batch = hand_batch(tokenizer)
+    batch["tool_mask"] = torch.ones_like(batch["completion_mask"])
+    batch["tool_mask"][3, 2:5] = 0  # tokens 2-4 of a negative completion came from a tool
+    trainer._compute_loss(trainer.model, batch)
+    expected = batch["completion_mask"].bool().clone()
+    expected[3, 2:5] = False
+    assert torch.equal(masks[0], expected)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
