@@ -91,6 +91,18 @@ def record_hidden(monkeypatch):
     return seen
 
 
+def record_valid_masks(monkeypatch):
+    masks = []
+    real = trainer_module.compute_residual_weights
+
+    def spy(hidden, valid, *args, **kwargs):
+        masks.append(valid)
+        return real(hidden, valid, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "compute_residual_weights", spy)
+    return masks
+
+
 @pytest.mark.parametrize("variant", ["plain", "lora", "gradient_checkpointing", "lora+gradient_checkpointing"])
 def test_hook_captures_second_to_last_block_at_aligned_positions(
     variant, tmp_path, tokenizer, prompts_dataset, monkeypatch
@@ -288,13 +300,7 @@ def test_think_mask_removes_think_tokens(tmp_path, tokenizer, prompts_dataset, m
         resrl_think_end="]",
         gradient_checkpointing=False,
     )
-    masks = []
-    real = trainer_module.compute_residual_weights
-    monkeypatch.setattr(
-        trainer_module,
-        "compute_residual_weights",
-        lambda h, valid, *a, **k: masks.append(valid) or real(h, valid, *a, **k),
-    )
+    masks = record_valid_masks(monkeypatch)
     batch = hand_batch(tokenizer)
     open_id, close_id = tokenizer.convert_tokens_to_ids(["[", "]"])
     batch["completion_ids"][2, 1], batch["completion_ids"][2, 4] = open_id, close_id
@@ -306,13 +312,7 @@ def test_think_mask_removes_think_tokens(tmp_path, tokenizer, prompts_dataset, m
 
 def test_tool_output_is_neither_weighted_nor_used_for_the_basis(tmp_path, tokenizer, prompts_dataset, monkeypatch):
     trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False)
-    masks = []
-    real = trainer_module.compute_residual_weights
-    monkeypatch.setattr(
-        trainer_module,
-        "compute_residual_weights",
-        lambda h, valid, *a, **k: masks.append(valid) or real(h, valid, *a, **k),
-    )
+    masks = record_valid_masks(monkeypatch)
     batch = hand_batch(tokenizer)
     batch["tool_mask"] = torch.ones_like(batch["completion_mask"])
     batch["tool_mask"][3, 2:5] = 0  # tokens 2-4 of a negative completion came from a tool
