@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
+from .advantages import ADVANTAGE_MODES, USES_TOKEN_WEIGHTS
+
 
 @dataclass
 class ResRLConfig(GRPOConfig):
@@ -22,6 +24,14 @@ class ResRLConfig(GRPOConfig):
     `per_device_eval_batch_size`) must be a multiple of the number of generations per prompt.
 
     Parameters:
+        advantage_mode (`str`, *optional*, defaults to `"resrl"`):
+            The method: `"resrl"`; the paper's baselines `"grpo"` (TRL's group-normalised advantage), `"psr"`
+            (`A = r`), `"nsr"` (`A = r - 1`), `"w_reinforce"` (`A = w_reinforce_lambda` if correct, else -1); or one
+            part of ResRL alone, for ablations: `"resrl_pos_only"` (positives x `resrl_pos_weight`, no token
+            weights) and `"resrl_tokens_only"` (token weights, positives unscaled). Everything else (sampling, the
+            clipped loss, LoRA, data) is shared.
+        w_reinforce_lambda (`float`, *optional*, defaults to `0.1`):
+            W-REINFORCE's advantage of a correct completion.
         resrl_rank (`int`, *optional*, defaults to `64`):
             Rank of the positive subspace, before clamping to `min(rank, |P| - 1, hidden size)`.
         resrl_max_pos_tokens (`int`, *optional*, defaults to `4096`):
@@ -55,6 +65,13 @@ class ResRLConfig(GRPOConfig):
             The stream is separate from the global one, so ResRL does not change which completions are sampled.
     """
 
+    advantage_mode: str = field(
+        default="resrl",
+        metadata={"help": f"The method, one of {', '.join(ADVANTAGE_MODES)} (default: resrl)."},
+    )
+    w_reinforce_lambda: float = field(
+        default=0.1, metadata={"help": "W-REINFORCE's advantage of a correct completion (paper: 0.1)."}
+    )
     resrl_rank: int = field(default=64, metadata={"help": "Rank of the positive subspace (paper: 64)."})
     resrl_max_pos_tokens: int = field(
         default=4096, metadata={"help": "Most positive tokens per group, subsampled beyond (paper: 4096)."}
@@ -87,6 +104,8 @@ class ResRLConfig(GRPOConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         problems = []
+        if self.advantage_mode not in ADVANTAGE_MODES:
+            problems.append(f"advantage_mode must be one of {list(ADVANTAGE_MODES)}, got {self.advantage_mode!r}")
         if self.resrl_rank < 1:
             problems.append(f"resrl_rank must be >= 1, got {self.resrl_rank}")
         if self.resrl_max_pos_tokens < 4:
@@ -111,7 +130,8 @@ class ResRLConfig(GRPOConfig):
             )
         if self.resrl_mask_think and not (self.resrl_think_start and self.resrl_think_end):
             problems.append("resrl_mask_think=True needs non-empty resrl_think_start and resrl_think_end")
-        if self.per_device_train_batch_size % self.num_generations != 0:
+        whole_groups = self.advantage_mode in USES_TOKEN_WEIGHTS
+        if whole_groups and self.per_device_train_batch_size % self.num_generations != 0:
             problems.append(
                 f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
                 f"num_generations ({self.num_generations}) so that every training micro-batch holds whole prompt "
@@ -119,7 +139,7 @@ class ResRLConfig(GRPOConfig):
                 f"to {self.num_generations} or a multiple of it"
             )
         num_eval_generations = self.num_generations_eval or self.num_generations
-        if self.eval_strategy != "no" and self.per_device_eval_batch_size % num_eval_generations != 0:
+        if whole_groups and self.eval_strategy != "no" and self.per_device_eval_batch_size % num_eval_generations != 0:
             problems.append(
                 f"per_device_eval_batch_size ({self.per_device_eval_batch_size}) must be a multiple of the "
                 f"generations per prompt in evaluation ({num_eval_generations}) so that evaluation batches hold whole "

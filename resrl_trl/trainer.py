@@ -9,6 +9,7 @@ from torch import nn
 from trl import GRPOTrainer
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
+from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
 from .config import ResRLConfig
 from .residual import ResidualStats, compute_residual_weights, think_span_mask
 
@@ -142,13 +143,22 @@ class ResRLTrainer(GRPOTrainer):
         start = self.accelerator.process_index * len(inputs)
         local = slice(start, start + len(inputs))
         device = output["completion_ids"].device
-        output[IS_POSITIVE_KEY] = (rewards[local] > self.args.resrl_positive_threshold).to(device)
+        is_positive = (rewards[local] > self.args.resrl_positive_threshold).to(device)
+        output[IS_POSITIVE_KEY] = is_positive
         output[GROUP_IDS_KEY] = torch.arange(start, start + len(inputs), device=device) // group_size
+        method = self.args.advantage_mode
+        if method in ("psr", "nsr", "w_reinforce"):
+            output["advantages"] = reinforce_advantages(
+                rewards[local].to(device), is_positive, method, self.args.w_reinforce_lambda
+            )
+        elif method == "resrl_pos_only":  # no token weights: the positive scaling is all there is, per sequence
+            advantages = output["advantages"]
+            output["advantages"] = torch.where(is_positive, advantages * self.args.resrl_pos_weight, advantages)
         return output
 
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
         # As GRPOTrainer._prepare_inputs, with TRL's row shuffle replaced by a shuffle of whole groups.
-        if not self.model.training:
+        if not self.model.training or self.args.advantage_mode not in USES_TOKEN_WEIGHTS:
             return super()._prepare_inputs(generation_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
@@ -162,6 +172,8 @@ class ResRLTrainer(GRPOTrainer):
     # --- Training step: per-token advantages from the hidden states of the forward TRL already runs. ---
 
     def _compute_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        if self.args.advantage_mode not in USES_TOKEN_WEIGHTS:
+            return super()._compute_loss(model, inputs)
         # A shallow copy: the hook swaps in per-token advantages, and buffered rollouts are reused across iterations.
         inputs = dict(inputs)
         found: list[ResidualStats] = []
@@ -223,7 +235,8 @@ class ResRLTrainer(GRPOTrainer):
             niter=args.resrl_pca_niter,
             generator=self._resrl_generator,
         )
-        factor = torch.where(is_positive[:, None], args.resrl_pos_weight, result.weights)
+        pos_weight = args.resrl_pos_weight if args.advantage_mode in SCALES_POSITIVES else 1.0
+        factor = torch.where(is_positive[:, None], pos_weight, result.weights)
         advantages = inputs["advantages"]
         if advantages.dim() == 1:
             advantages = advantages[:, None]

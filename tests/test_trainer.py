@@ -166,8 +166,13 @@ def test_hook_uses_first_forward_when_the_block_runs_again(tmp_path, tokenizer, 
     torch.testing.assert_close(seen[0], first[:, -batch["completion_ids"].size(1) - 1 : -1])
 
 
-def test_per_token_advantages_equal_grpo_loss_with_those_advantages(tmp_path, tokenizer, prompts_dataset):
-    resrl = make_trainer(tmp_path, tokenizer, prompts_dataset, resrl_rank=4, gradient_checkpointing=False)
+@pytest.mark.parametrize("mode, positive_factor", [("resrl", 0.1), ("resrl_tokens_only", 1.0)])
+def test_per_token_advantages_equal_grpo_loss_with_those_advantages(
+    mode, positive_factor, tmp_path, tokenizer, prompts_dataset
+):
+    resrl = make_trainer(
+        tmp_path, tokenizer, prompts_dataset, resrl_rank=4, gradient_checkpointing=False, advantage_mode=mode
+    )
     grpo = make_trainer(
         tmp_path,
         tokenizer,
@@ -187,7 +192,7 @@ def test_per_token_advantages_equal_grpo_loss_with_those_advantages(tmp_path, to
         generator=torch.Generator().manual_seed(7),
     )
     assert ((expected.weights < 1) & (expected.weights >= 0.1)).any()  # the test exercises real weights
-    factor = torch.where(batch[IS_POSITIVE_KEY][:, None], 0.1, expected.weights)
+    factor = torch.where(batch[IS_POSITIVE_KEY][:, None], positive_factor, expected.weights)
     per_token = dict(batch, advantages=batch["advantages"][:, None] * factor)
 
     resrl._resrl_generator.manual_seed(7)

@@ -1,0 +1,82 @@
+"""Baselines and ablations: advantages exactly as the spec's formulas, on hand-made rewards and in the trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_model, parity_reward
+from test_trainer import COMMON
+from trl import GRPOTrainer
+
+from resrl_trl import ResRLConfig, ResRLTrainer
+from resrl_trl.advantages import reinforce_advantages
+from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY
+
+
+def test_reinforce_advantages_on_hand_made_rewards():
+    rewards = torch.tensor([1.0, 0.0, 1.0, float("nan"), 0.0])
+    positive = rewards > 0
+    assert reinforce_advantages(rewards, positive, "psr").tolist() == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert reinforce_advantages(rewards, positive, "nsr").tolist() == [0.0, -1.0, 0.0, 0.0, -1.0]
+    got = reinforce_advantages(rewards, positive, "w_reinforce", w_reinforce_lambda=0.25).tolist()
+    assert got == [0.25, -1.0, 0.25, 0.0, -1.0]  # the unscorable completion (NaN) gets 0, as in TRL
+    with pytest.raises(ValueError, match="psr"):
+        reinforce_advantages(rewards, positive, "grpo")
+
+
+def first_step_advantages(tmp_path, tokenizer, dataset, monkeypatch, **overrides) -> tuple[torch.Tensor, ...]:
+    """(advantages, is_positive, group_ids) that TRL's loss receives in the first micro-batch of a 1-step run."""
+    seen = []
+    real = GRPOTrainer._compute_loss
+
+    def spy(self, model, inputs):
+        seen.append((inputs["advantages"].clone(), inputs[IS_POSITIVE_KEY].clone(), inputs[GROUP_IDS_KEY].clone()))
+        return real(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", spy)
+    args = ResRLConfig(output_dir=str(tmp_path / "out"), **{**COMMON, "max_steps": 1, **overrides})
+    trainer = ResRLTrainer(
+        model=make_model(tokenizer),
+        reward_funcs=parity_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    return seen[0]
+
+
+@pytest.mark.parametrize("mode, correct, wrong", [("psr", 1.0, 0.0), ("nsr", 0.0, -1.0), ("w_reinforce", 0.1, -1.0)])
+def test_reinforce_modes_in_the_trainer(mode, correct, wrong, tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    advantages, positive, _ = first_step_advantages(
+        tmp_path, tokenizer, prompts_dataset, monkeypatch, advantage_mode=mode
+    )
+    assert advantages.dim() == 1 and positive.any() and (~positive).any()
+    torch.testing.assert_close(advantages, torch.where(positive, correct, wrong))
+
+
+def test_grpo_and_positive_scaling_modes(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    grpo, positive, groups = first_step_advantages(
+        tmp_path, tokenizer, prompts_dataset, monkeypatch, advantage_mode="grpo"
+    )
+    # TRL's group-normalised advantages (rows in TRL's own shuffled order): zero mean in each group, and in mixed
+    # groups positive exactly for the correct completions
+    group_sum = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, grpo)
+    torch.testing.assert_close(group_sum, torch.zeros_like(group_sum), atol=1e-5, rtol=0)
+    positives_in_group = torch.zeros(len(group_sum)).index_add_(0, groups, positive.float())
+    mixed = ((positives_in_group > 0) & (positives_in_group < 4))[groups]
+    assert mixed.any() and torch.equal((grpo > 0)[mixed], positive[mixed])
+    scaled, positive_again, _ = first_step_advantages(
+        tmp_path, tokenizer, prompts_dataset, monkeypatch, advantage_mode="resrl_pos_only", resrl_pos_weight=0.5
+    )
+    assert torch.equal(positive, positive_again)  # same seed, same completions
+    torch.testing.assert_close(scaled, torch.where(positive, 0.5 * grpo, grpo))
+
+
+def test_token_weight_modes_need_whole_groups_and_the_others_do_not(tmp_path):
+    settings = dict(COMMON, per_device_train_batch_size=2, steps_per_generation=2)
+    with pytest.raises(ValueError, match="multiple of num_generations"):
+        ResRLConfig(output_dir=str(tmp_path), advantage_mode="resrl_tokens_only", **settings)
+    ResRLConfig(output_dir=str(tmp_path), advantage_mode="nsr", **settings)
+    with pytest.raises(ValueError, match="advantage_mode must be one of"):
+        ResRLConfig(output_dir=str(tmp_path), advantage_mode="ppo", **COMMON)
