@@ -14,7 +14,7 @@ from typing import Any
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.parser import NormalizationConfig
 
-__all__ = ["LengthScaledReward", "completion_text", "math_reward"]
+__all__ = ["LengthScaledReward", "completion_text", "math_reward", "score_answer"]
 
 # boxed answers first, then any LaTeX, then a plain expression
 ANSWER_EXTRACTION = (
@@ -39,23 +39,30 @@ def _timeouts() -> tuple[int | None, int | None]:
     return None, None
 
 
+def score_answer(text: str, reference: str) -> tuple[str, float | None]:
+    """``(extracted final answer, reward)`` of one completion text against its reference answer.
+
+    The reward is 1.0 or 0.0 (math-verify), or ``None`` when the reference itself cannot be parsed; the answer is
+    math-verify's reading of the completion ("" when it finds none).
+    """
+    parsing_timeout, verify_timeout = _timeouts()
+    gold = parse(str(reference), parsing_timeout=parsing_timeout)
+    if not gold:
+        return "", None
+    answer = parse(text, extraction_config=list(ANSWER_EXTRACTION), parsing_timeout=parsing_timeout)
+    extracted = str(answer[-1]) if answer else ""
+    return extracted, float(verify(gold, answer, timeout_seconds=verify_timeout))
+
+
 def math_reward(completions: list[Any], solution: list[str], **kwargs: Any) -> list[float | None]:
     """1.0 when the completion's final answer equals ``solution`` (math-verify), else 0.0.
 
     ``None`` (unscorable, so TRL leaves the completion out) when the reference itself cannot be parsed.
     """
-    parsing_timeout, verify_timeout = _timeouts()
-    rewards: list[float | None] = []
-    for completion, reference in zip(completions, solution, strict=True):
-        gold = parse(str(reference), parsing_timeout=parsing_timeout)
-        if not gold:
-            rewards.append(None)
-            continue
-        answer = parse(
-            completion_text(completion), extraction_config=list(ANSWER_EXTRACTION), parsing_timeout=parsing_timeout
-        )
-        rewards.append(float(verify(gold, answer, timeout_seconds=verify_timeout)))
-    return rewards
+    return [
+        score_answer(completion_text(completion), reference)[1]
+        for completion, reference in zip(completions, solution, strict=True)
+    ]
 
 
 class LengthScaledReward:
