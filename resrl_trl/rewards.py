@@ -1,13 +1,16 @@
 """Verifiable maths rewards with TRL's reward-function signature.
 
 ``math_reward`` checks a completion's final answer against the reference with math-verify, as TRL's
-``trl.rewards.accuracy_reward`` does, but also accepts a plain final number or expression ("... = 12", "The answer
-is 12"): a small model rarely writes ``\\boxed{}``, and the reference ResRL run scores answers the same way whatever
-their form. For TRL's stricter LaTeX-only check, pass ``trl.rewards.accuracy_reward`` instead.
+``trl.rewards.accuracy_reward`` does: a LaTeX answer (``\\boxed{}`` first, then ``$...$``) when there is one. When
+there is none it falls back on the *last number* of the text ("7 + 5 = 12", "The answer is 12."), since a small model
+rarely writes LaTeX. Only the last number counts, never an expression that merely evaluates to the answer, so
+restating the question ("6 + 1 is 9") earns nothing. For TRL's LaTeX-only check, pass
+``trl.rewards.accuracy_reward`` instead.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -16,11 +19,11 @@ from math_verify.parser import NormalizationConfig
 
 __all__ = ["LengthScaledReward", "completion_text", "math_reward", "score_answer"]
 
-# boxed answers first, then any LaTeX, then a plain expression
-ANSWER_EXTRACTION = (
-    LatexExtractionConfig(normalization_config=NormalizationConfig(units=True), boxed_match_priority=0),
-    ExprExtractionConfig(),
+# LaTeX answers as TRL's accuracy_reward reads them: boxed first, only inside LaTeX anchors
+LATEX_EXTRACTION = LatexExtractionConfig(
+    normalization_config=NormalizationConfig(units=True), boxed_match_priority=0, try_extract_without_anchor=False
 )
+LAST_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 
 
 def completion_text(completion: Any) -> str:
@@ -47,9 +50,19 @@ def score_answer(text: str, reference: str) -> tuple[str, float | None]:
     """
     parsing_timeout, verify_timeout = _timeouts()
     gold = parse(str(reference), parsing_timeout=parsing_timeout)
+    if not gold:  # bare LaTeX such as "\\frac{\\sqrt{7}}{14}" or "[0,\\infty)" parses inside math delimiters
+        gold = parse(f"${reference}$", parsing_timeout=parsing_timeout)
     if not gold:
         return "", None
-    answer = parse(text, extraction_config=list(ANSWER_EXTRACTION), parsing_timeout=parsing_timeout)
+    answer = parse(text, extraction_config=[LATEX_EXTRACTION], parsing_timeout=parsing_timeout)
+    if not answer:
+        numbers = LAST_NUMBER.findall(text)
+        if numbers:
+            answer = parse(
+                numbers[-1].replace(",", ""),
+                extraction_config=[ExprExtractionConfig()],
+                parsing_timeout=parsing_timeout,
+            )
     extracted = str(answer[-1]) if answer else ""
     return extracted, float(verify(gold, answer, timeout_seconds=verify_timeout))
 

@@ -67,11 +67,26 @@ def test_to_prompt_solution_keeps_trl_form():
 
 
 def test_math_reward_on_answer_forms():
-    completions = ["The answer is 12.", "7 + 5 = 12", r"so \boxed{12}", "It is 13.", "", r"$\frac{24}{2}$"]
-    assert math_reward(completions, ["12"] * 6) == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+    completions = [
+        "The answer is 12.",
+        "7 + 5 = 12",
+        r"so \boxed{12}",
+        "It is 13.",
+        "",
+        r"The answer is $\frac{24}{2}$",
+        "1,2",
+    ]
+    assert math_reward(completions, ["12"] * 7) == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    # only the final answer counts: restating the question, or an expression equal to the answer, earns nothing
+    assert math_reward(["The answer to 6 + 6 is 13.", "6 + 6", r"\boxed{13}, not 12"], ["12"] * 3) == [0.0] * 3
+    # bare LaTeX references (as in MATH) are read inside math delimiters
+    assert math_reward([r"The answer is $\frac{\sqrt{7}}{14}$", "x is 0.5"], [r"\frac{\sqrt{7}}{14}", r"\frac12"]) == [
+        1.0,
+        1.0,
+    ]
     conversational = [[{"role": "assistant", "content": "The answer is 12."}]]
     assert math_reward(conversational, ["12"]) == [1.0]
-    assert math_reward(["12"], [r"\unparseable{"]) == [None]  # an unusable reference is left out, not scored 0
+    assert math_reward(["12"], [""]) == [None]  # an unusable reference is left out, not scored 0
 
 
 def test_length_scaled_reward():
