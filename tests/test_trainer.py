@@ -45,6 +45,13 @@ def make_trainer(tmp_path, tokenizer, dataset, cls=ResRLTrainer, model=None, pef
     return trainer
 
 
+def grpo_twin(tmp_path, tokenizer, dataset, resrl):
+    """A GRPOTrainer on an identical copy of `resrl`'s model."""
+    return make_trainer(
+        tmp_path, tokenizer, dataset, cls=GRPOTrainer, model=copy.deepcopy(resrl.model), gradient_checkpointing=False
+    )
+
+
 def hand_batch(tokenizer, batch=8, group_size=4, prompt_len=5, completion_len=9, seed=0):
     """A rollout batch in the form `_compute_loss` receives, with mixed groups and ragged completions."""
     g = torch.Generator().manual_seed(seed)
@@ -173,14 +180,7 @@ def test_per_token_advantages_equal_grpo_loss_with_those_advantages(
     resrl = make_trainer(
         tmp_path, tokenizer, prompts_dataset, resrl_rank=4, gradient_checkpointing=False, advantage_mode=mode
     )
-    grpo = make_trainer(
-        tmp_path,
-        tokenizer,
-        prompts_dataset,
-        cls=GRPOTrainer,
-        model=copy.deepcopy(resrl.model),
-        gradient_checkpointing=False,
-    )
+    grpo = grpo_twin(tmp_path, tokenizer, prompts_dataset, resrl)
     batch = hand_batch(tokenizer)
     hidden = reference_hidden(resrl.model, batch)
     expected = compute_residual_weights(
@@ -207,14 +207,7 @@ def test_unit_weights_reproduce_grpo_loss_and_gradients(tmp_path, tokenizer, pro
     resrl = make_trainer(
         tmp_path, tokenizer, prompts_dataset, resrl_pos_weight=1.0, resrl_min_weight=1.0, gradient_checkpointing=False
     )
-    grpo = make_trainer(
-        tmp_path,
-        tokenizer,
-        prompts_dataset,
-        cls=GRPOTrainer,
-        model=copy.deepcopy(resrl.model),
-        gradient_checkpointing=False,
-    )
+    grpo = grpo_twin(tmp_path, tokenizer, prompts_dataset, resrl)
     batch = hand_batch(tokenizer)
     loss_a = resrl._compute_loss(resrl.model, batch)
     loss_b = grpo._compute_loss(grpo.model, batch)
