@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -49,7 +50,8 @@ def main() -> None:
     parser.add_argument("--work_dir", default="outputs/compare")
     parser.add_argument("--results", default="docs/results.md")
     opts = parser.parse_args()
-    work = ROOT / opts.work_dir
+    os.chdir(ROOT)  # every path below, and in the commands written to the results, is relative to the repository
+    work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     commands: list[str] = []
@@ -88,7 +90,7 @@ def main() -> None:
                     "--output_dir",
                     str(adapter),
                 ]
-                commands.append(" ".join(["python", *train[1:]]))
+                commands.append(shlex.join(["python", *train[1:]]))
                 if not (adapter / "adapter_model.safetensors").exists():
                     timings[key] = run(train, work / f"{key}.train.log")
                     (work / f"{key}.train_seconds").write_text(f"{timings[key]:.0f}")
@@ -107,14 +109,14 @@ def main() -> None:
             ]
             if adapter is not None:
                 evaluate += ["--adapter", str(adapter)]
-            commands.append(" ".join(["resrl-eval", *evaluate[3:]]))
+            commands.append(shlex.join(["resrl-eval", *evaluate[3:]]))
             if not (out / "summary.json").exists():
                 run(evaluate, work / f"{key}.eval.log")
             summaries[key] = str(out / "summary.json")
 
     keys = list(summaries)
     labels = [f"{LABELS[k.rsplit('-seed', 1)[0]]} (seed {k.rsplit('-seed', 1)[1]})" for k in keys]
-    png = ROOT / "docs" / "results_pass_at_k.png"
+    png = Path("docs") / "results_pass_at_k.png"
     plot = [
         sys.executable,
         "-m",
@@ -127,14 +129,14 @@ def main() -> None:
         "--table",
         str(work / "table.md"),
     ]
-    commands.append(" ".join(["resrl-plot", *plot[3:]]))
+    commands.append(shlex.join(["resrl-plot", *plot[3:]]))
     run(plot, work / "plot.log")
     table = (work / "table.md").read_text()
     train_rows = "\n".join(
         f"| {LABELS[k.rsplit('-seed', 1)[0]]} | {k.rsplit('-seed', 1)[1]} | {v / 60:.1f} |" for k, v in timings.items()
     )
     settings = json.loads(Path(summaries[keys[0]]).read_text())
-    Path(ROOT / opts.results).write_text(
+    Path(opts.results).write_text(
         RESULTS.format(
             table=table,
             train_rows=train_rows,
