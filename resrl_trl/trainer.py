@@ -104,7 +104,11 @@ class ResRLTrainer(GRPOTrainer):
                 "resrl_trl.ResRLConfig (it takes every GRPOConfig field)"
             )
         super().__init__(model, reward_funcs, args=args, **kwargs)
-        self._resrl_layer = decoder_layer_for_hidden_state(self.model, args.resrl_hidden_layer)
+        self._resrl_layer = (  # only the token-weight modes read hidden states
+            decoder_layer_for_hidden_state(self.model, args.resrl_hidden_layer)
+            if args.advantage_mode in USES_TOKEN_WEIGHTS
+            else None
+        )
         seed = args.seed if args.resrl_seed is None else args.resrl_seed
         # ResRL's own stream: the global RNG (and so the sampled completions) stays as under GRPOTrainer.
         self._resrl_generator = torch.Generator(device=self.accelerator.device)
