@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_model
+from safetensors.torch import load_file
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "math.py"
 
@@ -37,8 +38,10 @@ def test_unknown_trainer_is_refused():
         recipe.main(*args)
 
 
-@pytest.mark.parametrize("trainer_cls", ["ResRLTrainer", "GRPOTrainer"])
-def test_recipe_trains_a_local_model_with_lora_and_saves_the_adapter(tmp_path, tokenizer, trainer_cls):
+@pytest.mark.parametrize("trainer_cls, mode", [("ResRLTrainer", "nsr"), ("GRPOTrainer", "resrl")])
+def test_recipe_trains_a_local_model_with_lora_and_saves_the_adapter(tmp_path, tokenizer, trainer_cls, mode):
+    """A random tiny model never answers correctly: every reward is 0. GRPO's group-normalised advantages are then 0
+    and the adapter stays at its initialisation; NSR still pushes down the wrong answers (A = -1) and trains it."""
     model_dir = tmp_path / "model"
     make_model(tokenizer).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -50,6 +53,8 @@ def test_recipe_trains_a_local_model_with_lora_and_saves_the_adapter(tmp_path, t
             str(model_dir),
             "--trainer_cls",
             trainer_cls,
+            "--advantage_mode",
+            mode,
             "--output_dir",
             str(out),
             "--max_steps",
@@ -66,7 +71,11 @@ def test_recipe_trains_a_local_model_with_lora_and_saves_the_adapter(tmp_path, t
         ]
     )
     recipe.main(*args)
-    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert (out / "adapter_config.json").is_file()
+    # LoRA's B matrices start at zero, so a non-zero B in the saved adapter means the run updated it
+    adapter = load_file(out / "adapter_model.safetensors")
+    lora_b = [t for name, t in adapter.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().max() > 0 for t in lora_b) == (mode == "nsr")
 
 
 def test_paper_config_parses_to_the_reference_defaults():
