@@ -13,16 +13,21 @@ per group or per token, and all arithmetic is float32 whatever the dtype of the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "Collective",
+    "GroupSubspaces",
     "ResidualStats",
     "ResidualWeights",
+    "build_group_subspaces",
     "compute_residual_weights",
+    "project_onto_group_subspaces",
     "residual_token_weights",
     "think_span_mask",
 ]
@@ -66,6 +71,51 @@ class ResidualWeights(NamedTuple):
     stats: ResidualStats
 
 
+class Collective(NamedTuple):
+    """How the processes that share prompt groups combine partial sums.
+
+    ``all_reduce_sum(t)`` returns the elementwise sum of ``t`` over all processes, identical on every process. Every
+    process must make the same calls in the same order with tensors of the same shape, which the functions here
+    guarantee by deriving every shape from sums that are already reduced. Only sums of per-group statistics
+    (``O(H x rank)`` numbers per group) and of per-token scalars travel, never hidden states.
+    """
+
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]
+    process_index: int = 0
+    num_processes: int = 1
+
+
+SINGLE_PROCESS = Collective(lambda tensor: tensor)
+
+
+class GroupSubspaces(NamedTuple):
+    """What weighting a group's negative tokens needs, for the groups that get token weights (spec steps 1-5, 7).
+
+    Built once per rollout by :func:`build_group_subspaces`; a training step then weights any subset of the groups'
+    negatives with :func:`project_onto_group_subspaces`.
+    """
+
+    group_ids: torch.Tensor
+    """``(A,)`` sorted ids of the groups that get token weights: mixed, >= 4 positive tokens, finite hidden states."""
+    mean: torch.Tensor
+    """``(A, H)`` float32 mean ``mu`` of each group's layer-normed positive tokens."""
+    basis: torch.Tensor
+    """``(A, H, q)`` float32 orthonormal basis ``V_k`` of each group's positive subspace; columns past the group's
+    ``k`` are zero."""
+    low: torch.Tensor
+    """``(A,)`` the ``q_low`` quantile of the residual energies of the group's negative tokens."""
+    high: torch.Tensor
+    """``(A,)`` the ``q_high`` quantile of the same energies."""
+
+
+class _NegativeEnergies(NamedTuple):
+    rows: torch.Tensor
+    cols: torch.Tensor
+    group: torch.Tensor  # index into the active groups
+    energy: torch.Tensor
+    alignment: torch.Tensor
+
+
 def _layer_norm_fp32(x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x.float(), (x.shape[-1],), eps=LAYER_NORM_EPS)
 
@@ -104,26 +154,254 @@ def _orthonormalise_cheaply(block: torch.Tensor) -> torch.Tensor:
 
 
 def _randomized_top_right_singular_vectors(
-    a: torch.Tensor, q: int, niter: int, generator: torch.Generator | None
+    centred: torch.Tensor, q: int, niter: int, generator: torch.Generator | None, collective: Collective
 ) -> torch.Tensor:
-    """Top-``q`` right singular vectors of each ``a[g]`` (``(G, N, H)`` -> ``(G, H, q)``), by randomised PCA.
+    """Top-``q`` right singular vectors of each group's centred positives, stacked over processes by rows.
 
-    The subspace iteration of ``torch.pca_lowrank`` / ``torch.svd_lowrank`` (Halko et al. 2011: a Gaussian start,
-    ``niter`` power iterations, then Rayleigh-Ritz), run on the ``H x H`` Gram matrix ``a^T a`` so that each
-    iteration costs ``H^2 q`` instead of ``N H q``; in exact arithmetic it spans the same subspace as
-    ``svd_lowrank``'s alternating ``a`` / ``a^T`` products. Intermediate iterates are orthonormalised by Cholesky QR,
-    the last one by Householder QR, so the Rayleigh-Ritz step sees an exactly orthonormal basis. The random start is
-    drawn from ``generator``, never from the global RNG.
+    ``centred`` is ``(G, N, H)``: this process's rows of each group (zero rows are padding). The subspace iteration of
+    ``torch.pca_lowrank`` / ``torch.svd_lowrank`` (Halko et al. 2011: a Gaussian start, ``niter`` power iterations,
+    then Rayleigh-Ritz). Each product ``X^T X B`` is a sum over rows, so processes add their ``(G, H, q)`` parts;
+    intermediate iterates are orthonormalised by Cholesky QR, the last one by Householder QR, so the Rayleigh-Ritz
+    step sees an exactly orthonormal basis. The random start is drawn from ``generator`` (which must be in the same
+    state on every process), never from the global RNG.
     """
-    num_groups, _, hidden = a.shape
-    gram = a.mT @ a  # (G, H, H)
-    basis = torch.randn(num_groups, hidden, q, generator=generator, device=a.device, dtype=a.dtype)
+    num_groups, _, hidden = centred.shape
+    reduce = collective.all_reduce_sum
+
+    def times_gram(block: torch.Tensor) -> torch.Tensor:  # X^T X block, over all processes' rows
+        return reduce(centred.mT @ (centred @ block))
+
+    basis = torch.randn(num_groups, hidden, q, generator=generator, device=centred.device, dtype=centred.dtype)
     for _ in range(niter):
-        basis = _orthonormalise_cheaply(gram @ basis)
-    basis = torch.linalg.qr(gram @ basis).Q
-    # Rayleigh-Ritz: the exact top singular vectors of `a` restricted to span(basis), in decreasing order.
-    _, ritz_vectors = torch.linalg.eigh(basis.mT @ gram @ basis)
+        basis = _orthonormalise_cheaply(times_gram(basis))
+    basis = torch.linalg.qr(times_gram(basis)).Q
+    # Rayleigh-Ritz: the exact top singular vectors of X restricted to span(basis), in decreasing order.
+    coords = centred @ basis
+    _, ritz_vectors = torch.linalg.eigh(reduce(coords.mT @ coords))
     return basis @ ritz_vectors.flip(-1)
+
+
+def _global_slots(local_counts: torch.Tensor, collective: Collective) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per group: how many items lower-ranked processes hold (this process's offset) and the total over processes."""
+    if collective.num_processes == 1:
+        return torch.zeros_like(local_counts), local_counts
+    table = torch.zeros(collective.num_processes, local_counts.numel(), dtype=torch.long, device=local_counts.device)
+    table[collective.process_index] = local_counts
+    table = collective.all_reduce_sum(table)
+    return table[: collective.process_index].sum(0), table.sum(0)
+
+
+def _negative_energies(
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    group: torch.Tensor,
+    mean: torch.Tensor,
+    basis: torch.Tensor,
+) -> _NegativeEnergies:
+    """Residual energy (spec step 6) and subspace alignment of the tokens ``hidden[rows, cols]`` of groups ``group``
+    (indices into ``mean``/``basis``), returned in group order."""
+    num_groups, width = mean.shape
+    order, sorted_group, slot, count = _rank_within_group(group, num_groups)
+    rows, cols = rows[order], cols[order]
+    padded = int(count.max()) if count.numel() else 0
+    centred = torch.zeros(num_groups, padded, width, device=hidden.device, dtype=torch.float32)
+    centred[sorted_group, slot] = _layer_norm_fp32(hidden[rows, cols])
+    centred.sub_(mean[:, None, :])
+    total_energy = torch.linalg.vector_norm(centred, dim=-1).square()
+    coords = centred @ basis  # (A, M, q): coordinates of z in the subspace
+    del centred
+    inside_energy = torch.linalg.vector_norm(coords, dim=-1).square()
+    del coords
+    # ||z - V V^T z||^2 = ||z||^2 - ||V^T z||^2 (Pythagoras, V has orthonormal columns): no (A, M, H) residual.
+    energy = (total_energy - inside_energy).clamp(min=0.0)[sorted_group, slot] / width
+    alignment = inside_energy[sorted_group, slot] / total_energy[sorted_group, slot].clamp(min=1e-12)
+    return _NegativeEnergies(rows, cols, sorted_group, energy, alignment)
+
+
+def _quantile_bounds(
+    negatives: _NegativeEnergies, num_groups: int, q_low: float, q_high: float, collective: Collective
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group ``q_low``/``q_high`` quantiles of the energies (step 7), over every process's negative tokens, as
+    ``torch.quantile``'s "linear" interpolation. Only the scalar energies travel between processes."""
+    device = negatives.energy.device
+    local_count = torch.bincount(negatives.group, minlength=num_groups)
+    offset, count = _global_slots(local_count, collective)
+    group_start = torch.cumsum(local_count, 0) - local_count
+    slot = (
+        offset[negatives.group] + torch.arange(negatives.group.numel(), device=device) - group_start[negatives.group]
+    )
+    padded = max(int(count.max()), 1)
+    energies = torch.zeros(num_groups, padded, device=device, dtype=torch.float32)
+    energies[negatives.group, slot] = negatives.energy
+    energies = collective.all_reduce_sum(energies)
+    is_real = torch.arange(padded, device=device)[None, :] < count[:, None]
+    ordered = torch.sort(energies.masked_fill(~is_real, float("inf")), dim=1).values
+    last = (count - 1).clamp(min=0).double()
+
+    def quantile(level: float) -> torch.Tensor:
+        position = level * last
+        below, above = position.floor().long(), position.ceil().long()
+        low_value = ordered.gather(1, below[:, None]).squeeze(1)
+        high_value = ordered.gather(1, above[:, None]).squeeze(1)
+        return torch.lerp(low_value, high_value, (position - below.double()).float())
+
+    return quantile(q_low), quantile(q_high)
+
+
+def _weights_from_energy(
+    energy: torch.Tensor, low: torch.Tensor, high: torch.Tensor, min_weight: float
+) -> torch.Tensor:
+    """Step 7's map from residual energy to weight, with each token's group bounds ``low``/``high``."""
+    spread = high - low
+    scaled = torch.clamp((energy - low) / spread.clamp(min=MIN_ENERGY_RANGE), 0.0, 1.0)
+    return torch.where(
+        spread < FLAT_ENERGY_RANGE,
+        torch.full_like(energy, (min_weight + 1.0) / 2.0),
+        min_weight + (1.0 - min_weight) * scaled,
+    )
+
+
+def _check_shapes(hidden: torch.Tensor, valid_mask: torch.Tensor, group_ids: torch.Tensor, is_positive: torch.Tensor):
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be (B, T, H), got shape {tuple(hidden.shape)}")
+    batch, length, _ = hidden.shape
+    if valid_mask.shape != (batch, length):
+        raise ValueError(f"valid_mask must be {(batch, length)}, got {tuple(valid_mask.shape)}")
+    if group_ids.shape != (batch,) or is_positive.shape != (batch,):
+        raise ValueError(
+            f"group_ids and is_positive must be ({batch},), got {tuple(group_ids.shape)} and "
+            f"{tuple(is_positive.shape)}"
+        )
+
+
+class _Build(NamedTuple):
+    subspaces: GroupSubspaces
+    negatives: _NegativeEnergies  # this process's negative tokens in the subspaces' groups
+    stats: ResidualStats
+
+
+def _build(
+    hidden: torch.Tensor,
+    valid_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    is_positive: torch.Tensor,
+    num_groups: int | None,
+    *,
+    rank: int,
+    max_pos_tokens: int,
+    q_low: float,
+    q_high: float,
+    niter: int,
+    generator: torch.Generator | None,
+    collective: Collective,
+) -> _Build:
+    """Steps 1-7 for every group, over the rows of all processes. With ``num_groups`` the ids are global indices in
+    ``[0, num_groups)`` (the same group has the same id on every process); without, the groups are those present."""
+    _check_shapes(hidden, valid_mask, group_ids, is_positive)
+    device, width = hidden.device, hidden.shape[-1]
+    f32 = dict(device=device, dtype=torch.float32)
+    reduce = collective.all_reduce_sum
+    valid, positive = valid_mask.bool(), is_positive.bool()
+    if num_groups is None:
+        unique_groups, seq_group = torch.unique(group_ids, return_inverse=True)
+        num_groups = unique_groups.numel()
+    else:
+        unique_groups, seq_group = torch.arange(num_groups, device=device), group_ids.long()
+
+    # Per-group counts over all processes: completions +/-, valid tokens +/-, non-finite valid tokens. A row sum is
+    # finite iff the row is (a cheap (B, T) reduction, no (B, T, H) temporary).
+    tokens = valid.sum(1)
+    bad_tokens = (valid & ~torch.isfinite(hidden.sum(-1, dtype=torch.float32))).sum(1)
+    per_row = torch.stack([positive.long(), (~positive).long(), tokens * positive, tokens * ~positive, bad_tokens])
+    counts = reduce(torch.zeros(5, num_groups, dtype=torch.long, device=device).index_add_(1, seq_group, per_row))
+    pos_seqs, neg_seqs, pos_tokens, _, bad = counts
+    mixed = (pos_seqs > 0) & (neg_seqs > 0)
+    active = mixed & (bad == 0) & (pos_tokens >= MIN_POSITIVE_TOKENS)
+    present = (pos_seqs + neg_seqs) > 0
+    stats_counts = dict(
+        groups=present.sum().float(),
+        mixed_groups=mixed.sum().float(),
+        skipped_groups=(mixed & ~active).sum().float(),
+        positives=pos_seqs.sum().float(),
+        negatives=neg_seqs.sum().float(),
+    )
+    active_index = torch.cumsum(active.long(), 0) - 1
+    active_index[~active] = -1
+    num_active, most_pos = torch.stack([active.sum(), (pos_tokens * active).max()]).tolist()
+    if num_active == 0:
+        none = torch.zeros(0, **f32)
+        subspaces = GroupSubspaces(
+            torch.zeros(0, dtype=torch.long, device=device), none.view(0, width), none.view(0, width, 0), none, none
+        )
+        return _Build(subspaces, _no_negatives(device), _token_stats(_no_negatives(device), stats_counts))
+
+    # --- Positive set P per group (steps 1-3): subsample, layer-norm, centre. ---
+    row_active = active[seq_group]
+    pos_b, pos_t = torch.nonzero(valid & (positive & row_active)[:, None], as_tuple=True)
+    order, pos_group, local_rank, local_count = _rank_within_group(active_index[seq_group[pos_b]], num_active)
+    pos_b, pos_t = pos_b[order], pos_t[order]
+    offset, total = _global_slots(local_count, collective)
+    if most_pos > max_pos_tokens:
+        # A uniform subset without replacement: the max_pos_tokens lowest random keys of each group. One key per
+        # positive token of every process, in (group, process, row, position) order, drawn by all processes alike.
+        keys = torch.rand(int(total.sum()), generator=generator, device=device, dtype=torch.float64)
+        key_group = torch.repeat_interleave(torch.arange(num_active, device=device), total)
+        key_order, _, key_rank_sorted, _ = _rank_within_group(key_group, num_active, keys)
+        key_rank = torch.empty_like(key_group)
+        key_rank[key_order] = key_rank_sorted
+        group_start = torch.cumsum(total, 0) - total
+        kept = key_rank[group_start[pos_group] + offset[pos_group] + local_rank] < max_pos_tokens
+        pos_b, pos_t, pos_group = pos_b[kept], pos_t[kept], pos_group[kept]
+        _, _, local_rank, local_count = _rank_within_group(pos_group, num_active)
+        total = total.clamp(max=max_pos_tokens)
+    padded_rows = int(local_count.max())
+    positives = torch.zeros(num_active, padded_rows, width, **f32)
+    positives[pos_group, local_rank] = _layer_norm_fp32(hidden[pos_b, pos_t])
+    mean = reduce(positives.sum(1)) / total[:, None]
+    row_is_real = torch.arange(padded_rows, device=device)[None, :] < local_count[:, None]
+    # Padding rows stay exactly zero, so they add nothing to X^T X and leave the subspace unchanged.
+    positives.sub_(mean[:, None, :]).mul_(row_is_real[..., None])
+
+    # --- Subspace V_k (steps 4-5). ---
+    group_rank = torch.clamp(total - 1, max=min(rank, width))
+    q = min(rank, width, min(most_pos, max_pos_tokens) - 1)
+    basis = _randomized_top_right_singular_vectors(positives, q, niter, generator, collective)
+    basis = basis * (torch.arange(q, device=device)[None, :] < group_rank[:, None])[:, None, :]
+    del positives
+
+    # --- Residual energies of the negative tokens (step 6) and their per-group quantiles (step 7). ---
+    neg_b, neg_t = torch.nonzero(valid & (~positive & row_active)[:, None], as_tuple=True)
+    negatives = _negative_energies(hidden, neg_b, neg_t, active_index[seq_group[neg_b]], mean, basis)
+    low, high = _quantile_bounds(negatives, num_active, q_low, q_high, collective)
+    subspaces = GroupSubspaces(unique_groups[active], mean, basis, low, high)
+    # weight_sum needs min_weight, which the callers apply: they fill it in.
+    return _Build(subspaces, negatives, _token_stats(negatives, stats_counts))
+
+
+def _no_negatives(device: torch.device) -> _NegativeEnergies:
+    empty = torch.zeros(0, device=device, dtype=torch.long)
+    return _NegativeEnergies(empty, empty, empty, torch.zeros(0, device=device), torch.zeros(0, device=device))
+
+
+def _token_stats(
+    negatives: _NegativeEnergies, counts: dict[str, torch.Tensor], weights: torch.Tensor | None = None
+) -> ResidualStats:
+    f32 = dict(device=negatives.energy.device, dtype=torch.float32)
+    return ResidualStats(
+        weight_sum=torch.zeros((), **f32) if weights is None else weights.sum(),
+        energy_sum=negatives.energy.sum(),
+        alignment_sum=negatives.alignment.sum(),
+        weighted_tokens=torch.tensor(float(negatives.energy.numel()), **f32),
+        **counts,
+    )
+
+
+@contextlib.contextmanager
+def _exact_fp32(device_type: str) -> Iterator[None]:
+    # Called from inside a training forward, where autocast would silently run the matmuls in bf16/fp16.
+    with torch.autocast(device_type, enabled=False), torch.no_grad():
+        yield
 
 
 def compute_residual_weights(
@@ -140,171 +418,107 @@ def compute_residual_weights(
     niter: int = 4,
     generator: torch.Generator | None = None,
 ) -> ResidualWeights:
-    """ResRL per-token weights and their statistics. See :func:`residual_token_weights` for the arguments."""
-    # Called from inside a training forward, where autocast would silently run the matmuls in bf16/fp16.
-    with torch.autocast(hidden.device.type, enabled=False), torch.no_grad():
-        return _compute_residual_weights(
+    """ResRL per-token weights and their statistics, every group whole in this batch. See
+    :func:`residual_token_weights` for the arguments."""
+    with _exact_fp32(hidden.device.type):
+        build = _build(
             hidden,
             valid_mask,
             group_ids,
             is_positive,
+            None,
             rank=rank,
             max_pos_tokens=max_pos_tokens,
             q_low=q_low,
             q_high=q_high,
-            min_weight=min_weight,
             niter=niter,
             generator=generator,
+            collective=SINGLE_PROCESS,
         )
+        negatives, subspaces = build.negatives, build.subspaces
+        weights = torch.ones(valid_mask.shape, device=hidden.device, dtype=torch.float32)
+        token_weight = _weights_from_energy(
+            negatives.energy, subspaces.low[negatives.group], subspaces.high[negatives.group], min_weight
+        )
+        weights[negatives.rows, negatives.cols] = token_weight
+        return ResidualWeights(weights, build.stats._replace(weight_sum=token_weight.sum()))
 
 
-def _compute_residual_weights(
+def build_group_subspaces(
     hidden: torch.Tensor,
     valid_mask: torch.Tensor,
     group_ids: torch.Tensor,
     is_positive: torch.Tensor,
     *,
-    rank: int,
-    max_pos_tokens: int,
-    q_low: float,
-    q_high: float,
-    min_weight: float,
-    niter: int,
-    generator: torch.Generator | None,
-) -> ResidualWeights:
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must be (B, T, H), got shape {tuple(hidden.shape)}")
-    batch, length, width = hidden.shape
-    if valid_mask.shape != (batch, length):
-        raise ValueError(f"valid_mask must be {(batch, length)}, got {tuple(valid_mask.shape)}")
-    if group_ids.shape != (batch,) or is_positive.shape != (batch,):
-        raise ValueError(
-            f"group_ids and is_positive must be ({batch},), got {tuple(group_ids.shape)} and "
-            f"{tuple(is_positive.shape)}"
+    num_groups: int,
+    rank: int = 64,
+    max_pos_tokens: int = 4096,
+    q_low: float = 0.2,
+    q_high: float = 0.8,
+    niter: int = 4,
+    generator: torch.Generator | None = None,
+    collective: Collective = SINGLE_PROCESS,
+) -> tuple[GroupSubspaces, ResidualStats]:
+    """Each group's positive subspace and energy quantiles, from completions that may sit on several processes.
+
+    The rollout-time half of ResRL: steps 1-5 and 7 of :func:`residual_token_weights` for every group, where this
+    process holds some rows of some groups and ``collective`` adds up what the processes hold. ``group_ids`` are
+    global indices in ``[0, num_groups)``. From the same ``generator`` state (on every process) the result equals
+    that of one process holding all rows. Returns the subspaces and the statistics (group counts summed over
+    processes; energy and alignment sums of this process's negatives, to be summed by the caller; no weight sum).
+    """
+    with _exact_fp32(hidden.device.type):
+        build = _build(
+            hidden,
+            valid_mask,
+            group_ids,
+            is_positive,
+            num_groups,
+            rank=rank,
+            max_pos_tokens=max_pos_tokens,
+            q_low=q_low,
+            q_high=q_high,
+            niter=niter,
+            generator=generator,
+            collective=collective,
         )
-    device = hidden.device
-    f32 = dict(device=device, dtype=torch.float32)
-    weights = torch.ones(batch, length, **f32)
+    return build.subspaces, build.stats
 
-    valid = valid_mask.bool()
-    positive = is_positive.bool()
-    unique_groups, seq_group = torch.unique(group_ids, return_inverse=True)
-    num_groups = unique_groups.numel()
-    pos_per_group = torch.bincount(seq_group[positive], minlength=num_groups)
-    neg_per_group = torch.bincount(seq_group[~positive], minlength=num_groups)
-    mixed = (pos_per_group > 0) & (neg_per_group > 0)
 
-    seq_mixed = mixed[seq_group]
-    pos_b, pos_t = torch.nonzero(valid & (positive & seq_mixed)[:, None], as_tuple=True)
-    neg_b, neg_t = torch.nonzero(valid & (~positive & seq_mixed)[:, None], as_tuple=True)
-    pos_group, neg_group = seq_group[pos_b], seq_group[neg_b]
+def project_onto_group_subspaces(
+    hidden: torch.Tensor,
+    valid_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    is_positive: torch.Tensor,
+    subspaces: GroupSubspaces,
+    *,
+    min_weight: float = 0.1,
+) -> ResidualWeights:
+    """Per-token weights of the negatives in a batch that may hold any part of each group (the training-step half).
 
-    # A group is usable when it has >= 4 positive tokens and every hidden state it would read is finite. A row sum
-    # is finite iff the row is (a cheap (B, T) reduction, no (B, T, H) temporary).
-    token_finite = torch.isfinite(hidden.sum(-1, dtype=torch.float32))
-    bad_tokens = torch.cat([pos_group[~token_finite[pos_b, pos_t]], neg_group[~token_finite[neg_b, neg_t]]])
-    finite = torch.bincount(bad_tokens, minlength=num_groups) == 0
-    pos_tokens_per_group = torch.bincount(pos_group, minlength=num_groups)
-    neg_tokens_per_group = torch.bincount(neg_group, minlength=num_groups)
-    active = mixed & finite & (pos_tokens_per_group >= MIN_POSITIVE_TOKENS)
-
-    zero = torch.zeros((), **f32)
-    stats_counts = dict(
-        groups=torch.tensor(float(num_groups), **f32),
-        mixed_groups=mixed.sum().float(),
-        skipped_groups=(mixed & ~active).sum().float(),
-        positives=positive.sum().float(),
-        negatives=(~positive).sum().float(),
-    )
-    # Every size the padded layout needs, read in one device-to-host sync.
-    num_active, most_pos, most_neg = torch.stack(
-        [active.sum(), (pos_tokens_per_group * active).max(), (neg_tokens_per_group * active).max()]
-    ).tolist()
-    if num_active == 0 or most_neg == 0:
-        return ResidualWeights(weights, ResidualStats(zero, zero, zero, zero.clone(), **stats_counts))
-
-    # Compact numbering of the active groups: 0..A-1 (-1 for the others).
-    active_index = torch.cumsum(active.long(), 0) - 1
-    active_index[~active] = -1
-
-    # --- Positive set P per group (steps 1-3): subsample, layer-norm, centre. ---
-    keep = active[pos_group]
-    pos_b, pos_t, pos_group = pos_b[keep], pos_t[keep], active_index[pos_group[keep]]
-    sort_key = None
-    if most_pos > max_pos_tokens:
-        sort_key = torch.rand(pos_group.numel(), generator=generator, device=device, dtype=torch.float64)
-    order, sorted_group, slot, counts = _rank_within_group(pos_group, num_active, sort_key)
-    kept = slot < max_pos_tokens  # a uniform subset without replacement: the first max_pos_tokens of a random order
-    order, sorted_group, slot = order[kept], sorted_group[kept], slot[kept]
-    pos_count = counts.clamp(max=max_pos_tokens)
-    padded_rows = min(most_pos, max_pos_tokens)
-
-    positives = torch.zeros(num_active, padded_rows, width, **f32)
-    positives[sorted_group, slot] = _layer_norm_fp32(hidden[pos_b[order], pos_t[order]])
-    mean = positives.sum(1) / pos_count[:, None]
-    row_is_real = torch.arange(padded_rows, device=device)[None, :] < pos_count[:, None]
-    # Padding rows stay exactly zero, so they add nothing to the Gram matrix and leave the subspace unchanged.
-    positives.sub_(mean[:, None, :]).mul_(row_is_real[..., None])
-
-    # --- Subspace V_k (steps 4-5). ---
-    group_rank = torch.clamp(pos_count - 1, max=min(rank, width))
-    q = min(rank, width, padded_rows - 1)
-    basis = _randomized_top_right_singular_vectors(positives, q, niter, generator)
-    basis = basis * (torch.arange(q, device=device)[None, :] < group_rank[:, None])[:, None, :]
-    del positives
-
-    # --- Residual energy of each negative token (step 6). ---
-    keep = active[neg_group]
-    neg_b, neg_t, neg_group = neg_b[keep], neg_t[keep], active_index[neg_group[keep]]
-    order, sorted_group, slot, neg_count = _rank_within_group(neg_group, num_active)
-    neg_b, neg_t = neg_b[order], neg_t[order]
-    padded_neg = most_neg
-    centred = torch.zeros(num_active, padded_neg, width, **f32)
-    centred[sorted_group, slot] = _layer_norm_fp32(hidden[neg_b, neg_t])
-    centred.sub_(mean[:, None, :])
-    total_energy = torch.linalg.vector_norm(centred, dim=-1).square()
-    coords = centred @ basis  # (A, M, q): coordinates of z in the subspace
-    del centred
-    inside_energy = torch.linalg.vector_norm(coords, dim=-1).square()
-    # ||z - V V^T z||^2 = ||z||^2 - ||V^T z||^2 (Pythagoras, V has orthonormal columns): no (A, M, H) residual.
-    energy_padded = (total_energy - inside_energy).clamp(min=0.0) / width
-    del coords
-
-    # --- Per-group quantiles over the valid negative tokens (step 7), as torch.quantile's "linear". ---
-    is_real = torch.arange(padded_neg, device=device)[None, :] < neg_count[:, None]
-    sorted_energy = torch.sort(energy_padded.masked_fill(~is_real, float("inf")), dim=1).values
-    last = (neg_count - 1).clamp(min=0).double()
-
-    def quantile(level: float) -> torch.Tensor:
-        position = level * last
-        below = position.floor().long()
-        above = position.ceil().long()
-        low_value = sorted_energy.gather(1, below[:, None]).squeeze(1)
-        high_value = sorted_energy.gather(1, above[:, None]).squeeze(1)
-        return torch.lerp(low_value, high_value, (position - below.double()).float())
-
-    low, high = quantile(q_low), quantile(q_high)
-    spread = high - low
-
-    energy = energy_padded[sorted_group, slot]
-    tok_low, tok_spread = low[sorted_group], spread[sorted_group]
-    scaled = torch.clamp((energy - tok_low) / tok_spread.clamp(min=MIN_ENERGY_RANGE), 0.0, 1.0)
-    token_weight = torch.where(
-        tok_spread < FLAT_ENERGY_RANGE,
-        torch.full_like(energy, (min_weight + 1.0) / 2.0),
-        min_weight + (1.0 - min_weight) * scaled,
-    )
-    weights[neg_b, neg_t] = token_weight
-
-    alignment = inside_energy[sorted_group, slot] / total_energy[sorted_group, slot].clamp(min=1e-12)
-    stats = ResidualStats(
-        weight_sum=token_weight.sum(),
-        energy_sum=energy.sum(),
-        alignment_sum=alignment.sum(),
-        weighted_tokens=torch.tensor(float(energy.numel()), **f32),
-        **stats_counts,
-    )
-    return ResidualWeights(weights, stats)
+    Each valid token of a negative completion whose group has a subspace gets step 6's energy against its group's
+    ``mean`` and ``basis`` and step 7's weight with its group's stored quantiles; every other entry is 1. Group
+    counts in the statistics are zero: they belong to the rollout (see :func:`build_group_subspaces`).
+    """
+    _check_shapes(hidden, valid_mask, group_ids, is_positive)
+    with _exact_fp32(hidden.device.type):
+        device = hidden.device
+        weights = torch.ones(valid_mask.shape, device=device, dtype=torch.float32)
+        zero = torch.zeros((), device=device, dtype=torch.float32)
+        zero_counts = dict(groups=zero, mixed_groups=zero, skipped_groups=zero, positives=zero, negatives=zero)
+        if num_subspaces := len(subspaces.group_ids):
+            position = torch.searchsorted(subspaces.group_ids, group_ids.long()).clamp(max=num_subspaces - 1)
+            rows_weighted = (subspaces.group_ids[position] == group_ids) & ~is_positive.bool()
+            neg_b, neg_t = torch.nonzero(valid_mask.bool() & rows_weighted[:, None], as_tuple=True)
+        if not num_subspaces or neg_b.numel() == 0:
+            return ResidualWeights(weights, _token_stats(_no_negatives(device), zero_counts))
+        # Only the groups present here: gather their (mean, basis), a per-group (not per-token) copy.
+        used, local_group = torch.unique(position[neg_b], return_inverse=True)
+        negatives = _negative_energies(hidden, neg_b, neg_t, local_group, subspaces.mean[used], subspaces.basis[used])
+        group = used[negatives.group]
+        token_weight = _weights_from_energy(negatives.energy, subspaces.low[group], subspaces.high[group], min_weight)
+        weights[negatives.rows, negatives.cols] = token_weight
+        return ResidualWeights(weights, _token_stats(negatives, zero_counts, token_weight))
 
 
 def residual_token_weights(
