@@ -20,8 +20,10 @@ class ResRLConfig(GRPOConfig):
     subspace; a negative completion's tokens keep their negative advantage in proportion to how far their hidden
     states fall outside it, and positive completions' advantages are scaled down by `resrl_pos_weight`.
 
-    Groups must be whole in each training micro-batch, so `per_device_train_batch_size` (and, when evaluating,
-    `per_device_eval_batch_size`) must be a multiple of the number of generations per prompt.
+    Each group's subspace is built either in the training step from the micro-batch's own hidden states (as the
+    reference does; every micro-batch must then hold whole groups) or once per rollout from the whole group, after
+    which each training step only projects its negatives (any `per_device_train_batch_size` works); see
+    `resrl_subspace`.
 
     Parameters:
         advantage_mode (`str`, *optional*, defaults to `"resrl"`):
@@ -60,6 +62,17 @@ class ResRLConfig(GRPOConfig):
             Opening marker of a think span, used when `resrl_mask_think=True`.
         resrl_think_end (`str`, *optional*, defaults to `"</think>"`):
             Closing marker of a think span, used when `resrl_mask_think=True`.
+        resrl_subspace (`str`, *optional*, defaults to `"auto"`):
+            Where each group's positive subspace is built. `"step"`: in the training forward, from the hidden states
+            of the micro-batch (the reference's behaviour; `per_device_train_batch_size` must be a multiple of
+            `num_generations`). `"rollout"`: once per generation, from the whole group's hidden states under the
+            rollout policy, even when the group's completions sit on several processes (only per-group sums of size
+            hidden x rank travel between them); each training step then projects its negatives, with current hidden
+            states, onto their group's stored subspace and maps them with the group's stored energy quantiles. It
+            costs one no-grad forward over the completions of mixed groups per generation, unless TRL already runs
+            one (old log-probabilities), whose hidden states are reused. With one optimisation step per generation
+            both give the same weights. `"auto"` (resolved when the config is built): `"step"` when
+            `per_device_train_batch_size` is a multiple of `num_generations`, else `"rollout"`.
         resrl_seed (`int`, *optional*):
             Seed of ResRL's own random stream (positive-token subsampling and randomised PCA). Defaults to `seed`.
             The stream is separate from the global one, so ResRL does not change which completions are sampled.
@@ -97,6 +110,14 @@ class ResRLConfig(GRPOConfig):
     )
     resrl_think_start: str = field(default="<think>", metadata={"help": "Opening marker of a think span."})
     resrl_think_end: str = field(default="</think>", metadata={"help": "Closing marker of a think span."})
+    resrl_subspace: str = field(
+        default="auto",
+        metadata={
+            "help": "Where group subspaces are built: step (in the training forward; whole groups per micro-batch), "
+            "rollout (once per generation; any micro-batch size), or auto (step when the micro-batch holds whole "
+            "groups, else rollout)."
+        },
+    )
     resrl_seed: int | None = field(
         default=None, metadata={"help": "Seed of ResRL's own random stream; defaults to `seed`."}
     )
@@ -130,13 +151,18 @@ class ResRLConfig(GRPOConfig):
             )
         if self.resrl_mask_think and not (self.resrl_think_start and self.resrl_think_end):
             problems.append("resrl_mask_think=True needs non-empty resrl_think_start and resrl_think_end")
-        whole_groups = self.advantage_mode in USES_TOKEN_WEIGHTS
-        if whole_groups and self.per_device_train_batch_size % self.num_generations != 0:
+        whole_micro_batches = self.per_device_train_batch_size % self.num_generations == 0
+        if self.resrl_subspace == "auto":
+            self.resrl_subspace = "step" if whole_micro_batches else "rollout"
+        if self.resrl_subspace not in ("step", "rollout"):
+            problems.append(f"resrl_subspace must be 'auto', 'step' or 'rollout', got {self.resrl_subspace!r}")
+        whole_groups = self.advantage_mode in USES_TOKEN_WEIGHTS and self.resrl_subspace == "step"
+        if whole_groups and not whole_micro_batches:
             problems.append(
-                f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple of "
-                f"num_generations ({self.num_generations}) so that every training micro-batch holds whole prompt "
-                "groups (ResRL builds each group's subspace from its own positives); set per_device_train_batch_size "
-                f"to {self.num_generations} or a multiple of it"
+                f"resrl_subspace='step' needs per_device_train_batch_size ({self.per_device_train_batch_size}) to be "
+                f"a multiple of num_generations ({self.num_generations}), so that every training micro-batch holds "
+                "whole prompt groups; set per_device_train_batch_size to a multiple of it, or "
+                "resrl_subspace='rollout' (or 'auto') to build each group's subspace at rollout time"
             )
         num_eval_generations = self.num_generations_eval or self.num_generations
         if whole_groups and self.eval_strategy != "no" and self.per_device_eval_batch_size % num_eval_generations != 0:

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
 from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
 from .config import ResRLConfig
-from .residual import ResidualStats, compute_residual_weights, think_span_mask
+from .residual import (
+    SINGLE_PROCESS,
+    Collective,
+    GroupSubspaces,
+    ResidualStats,
+    build_group_subspaces,
+    compute_residual_weights,
+    project_onto_group_subspaces,
+    think_span_mask,
+)
 
 GROUP_IDS_KEY = "resrl_group_ids"
 IS_POSITIVE_KEY = "resrl_is_positive"
@@ -85,7 +97,9 @@ class ResRLTrainer(GRPOTrainer):
     What changes with respect to [`trl.GRPOTrainer`]:
 
     - rollouts carry each completion's group id and whether it is positive;
-    - rollouts are shuffled by whole groups, so each micro-batch holds whole groups;
+    - with ``resrl_subspace="step"``, rollouts are shuffled by whole groups, so each micro-batch holds whole groups;
+      with ``"rollout"``, each group's subspace and energy quantiles are built once per generation, from the whole
+      group on every process that holds part of it;
     - in the training forward that ``_compute_loss`` already runs, a forward hook on one decoder block reads its
       hidden states and turns the ``(B,)`` advantages into ``(B, T)`` advantages before the loss uses them.
 
@@ -110,11 +124,15 @@ class ResRLTrainer(GRPOTrainer):
             else None
         )
         seed = args.seed if args.resrl_seed is None else args.resrl_seed
-        # ResRL's own stream: the global RNG (and so the sampled completions) stays as under GRPOTrainer.
+        # ResRL's own stream: the global RNG (and so the sampled completions) stays as under GRPOTrainer. At rollout
+        # time the processes build shared groups together, so their streams must agree; in the step they differ.
+        self._rollout_subspaces = args.resrl_subspace == "rollout" and self._resrl_layer is not None
         self._resrl_generator = torch.Generator(device=self.accelerator.device)
-        self._resrl_generator.manual_seed(seed + self.accelerator.process_index)
+        self._resrl_generator.manual_seed(seed + (0 if self._rollout_subspaces else self.accelerator.process_index))
         self._think_markers = self._resolve_think_markers() if args.resrl_mask_think else None
         self._last_rewards_per_func: torch.Tensor | None = None
+        self._group_subspaces: dict[str, GroupSubspaces] = {}  # per mode, from the latest generation
+        self._rollout_hidden: list[torch.Tensor] | None = None  # filled while TRL's rollout forward runs
 
     def _resolve_think_markers(self) -> tuple[list[int], list[int]]:
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
@@ -136,7 +154,13 @@ class ResRLTrainer(GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        output = super()._generate_and_score_completions(inputs)
+        # Reuse the hidden states of the no-grad forward TRL runs over the rollout (old log-probs) when it runs one.
+        self._rollout_hidden = [] if self._rollout_subspaces and self._trl_runs_rollout_forward() else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+            captured, self._rollout_hidden = self._rollout_hidden, None
+        finally:
+            self._rollout_hidden = None
         rewards_per_func, self._last_rewards_per_func = self._last_rewards_per_func, None
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights).nansum(dim=1)
@@ -158,11 +182,139 @@ class ResRLTrainer(GRPOTrainer):
         elif method == "resrl_pos_only":  # no token weights: the positive scaling is all there is, per sequence
             advantages = output["advantages"]
             output["advantages"] = torch.where(is_positive, advantages * self.args.resrl_pos_weight, advantages)
+        if self._rollout_subspaces:
+            all_positive = rewards > self.args.resrl_positive_threshold
+            self._build_rollout_subspaces(output, all_positive, group_size, captured or None, mode)
         return output
+
+    # --- Rollout-time subspaces (resrl_subspace="rollout"). ---
+
+    def _trl_runs_rollout_forward(self) -> bool:
+        """Whether GRPOTrainer computes old log-probabilities over the rollout (the condition it uses itself)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if self._rollout_hidden is None or self._rollout_hidden:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        # The first such call of a rollout is the old-log-prob forward (the reference model's, if any, comes later).
+        captured = self._rollout_hidden
+
+        def hook(module: nn.Module, hook_args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            captured.append(hidden[:, -logits_to_keep - 1 : -1].detach())
+
+        handle = self._resrl_layer.register_forward_hook(hook)
+        try:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        finally:
+            handle.remove()
+
+    def _collective(self) -> Collective:
+        if self.accelerator.num_processes == 1:
+            return SINGLE_PROCESS
+
+        def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+            total = tensor.clone()
+            dist.all_reduce(total)
+            return total
+
+        return Collective(all_reduce_sum, self.accelerator.process_index, self.accelerator.num_processes)
+
+    def _completion_hidden_states(self, batch: dict[str, Any], rows: torch.Tensor, num_chunks: int) -> torch.Tensor:
+        """Hidden states at the completion positions of ``rows``, from one no-grad forward in ``num_chunks`` chunks
+        (the same number on every process, as ZeRO-3 needs; a process with fewer rows runs a throwaway chunk)."""
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        num_tokens = batch["completion_ids"].size(1)
+        chunk_size = max(1, -(-len(rows) // num_chunks)) if len(rows) else 1
+        chunks = list(rows.split(chunk_size)) if len(rows) else []
+        captured: list[torch.Tensor] = []
+
+        def hook(module: nn.Module, hook_args: Any, output: Any) -> None:
+            hidden = output[0] if isinstance(output, tuple) else output
+            captured.append(hidden[:, -num_tokens - 1 : -1].detach())
+
+        model = self.accelerator.unwrap_model(self.model)
+        base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # Only the hidden states are wanted: skip the (B, T, vocab) logits where the model allows it.
+        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base_model.forward).parameters else {}
+        handle = self._resrl_layer.register_forward_hook(hook)
+        try:
+            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+                for index in range(num_chunks):
+                    chunk = chunks[index] if index < len(chunks) else torch.zeros(1, dtype=torch.long)
+                    chunk = chunk.to(input_ids.device)
+                    with self.accelerator.autocast():
+                        self.model(
+                            input_ids=input_ids[chunk], attention_mask=attention_mask[chunk], use_cache=False, **extra
+                        )
+        finally:
+            handle.remove()
+        if not captured:  # no process has a mixed group: nothing will be built
+            return input_ids.new_zeros((0, num_tokens, 1), dtype=torch.float32)
+        return torch.cat(captured)[: len(rows)]  # drops the throwaway chunk's row, if any
+
+    def _build_rollout_subspaces(
+        self,
+        batch: dict[str, Any],
+        all_positive: torch.Tensor,
+        group_size: int,
+        captured: list[torch.Tensor] | None,
+        mode: str,
+    ) -> None:
+        """Build every group's subspace and quantiles from the whole rollout, whichever processes hold its rows."""
+        device = batch["completion_ids"].device
+        num_processes, local_rows = self.accelerator.num_processes, len(batch["completion_ids"])
+        num_groups = local_rows * num_processes // group_size
+        group_of = torch.arange(num_groups * group_size, device=all_positive.device) // group_size
+        positives_per_group = torch.zeros(num_groups, device=all_positive.device).index_add_(
+            0, group_of, all_positive.float()
+        )
+        mixed = (positives_per_group > 0) & (positives_per_group < group_size)
+        row_mixed = mixed[group_of].view(num_processes, local_rows)  # rewards are global: every process sees all
+        if captured is not None:
+            rows = torch.arange(local_rows, device=device)
+            hidden = torch.cat(captured)
+        else:
+            # Only the completions of mixed groups are needed; every process runs as many chunks as the busiest.
+            chunk_size = (
+                self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+            )
+            num_chunks = int((-(-row_mixed.sum(1) // chunk_size)).max())
+            rows = row_mixed[self.accelerator.process_index].nonzero().flatten().to(device)
+            hidden = self._completion_hidden_states(batch, rows, num_chunks)
+        subspaces, stats = build_group_subspaces(
+            hidden,
+            self._valid_tokens(batch)[rows],
+            batch[GROUP_IDS_KEY][rows],
+            batch[IS_POSITIVE_KEY][rows],
+            num_groups=num_groups,
+            rank=self.args.resrl_rank,
+            max_pos_tokens=self.args.resrl_max_pos_tokens,
+            q_low=self.args.resrl_q_low,
+            q_high=self.args.resrl_q_high,
+            niter=self.args.resrl_pca_niter,
+            generator=self._resrl_generator,
+            collective=self._collective(),
+        )
+        self._group_subspaces[mode] = subspaces
+        metrics = self._metrics[mode]
+        metrics["resrl/mixed_group_frac"].append(float(mixed.float().mean()))
+        metrics["resrl/skipped_groups"].append(float(mixed.sum()) - len(subspaces.group_ids))
+        metrics["resrl/positives"].append(float(all_positive.sum()))
+        metrics["resrl/negatives"].append(float((~all_positive).sum()))
+        del stats  # its group counts cover the mixed groups only; the full counts come from the rewards above
 
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
         # As GRPOTrainer._prepare_inputs, with TRL's row shuffle replaced by a shuffle of whole groups.
-        if not self.model.training or self.args.advantage_mode not in USES_TOKEN_WEIGHTS:
+        if not self.model.training or self._resrl_layer is None or self._rollout_subspaces:
             return super()._prepare_inputs(generation_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
@@ -209,36 +361,40 @@ class ResRLTrainer(GRPOTrainer):
             raise RuntimeError(
                 f"ResRL expected hidden states over {total} positions (prompt + completion), got {hidden.size(1)}"
             )
-        group_ids = inputs[GROUP_IDS_KEY]
-        group_sizes = torch.unique(group_ids, return_counts=True)[1]
-        expected = self.num_generations if self.model.training else self.num_generations_eval
-        if bool((group_sizes != expected).any()):
-            raise RuntimeError(
-                f"a micro-batch holds a partial prompt group (sizes {group_sizes.tolist()}, expected {expected}); "
-                "ResRL needs whole groups in each micro-batch"
-            )
-        # The logits at position p score token p + 1: completion token t is scored from position P + t - 1.
         completion_hidden = hidden[:, total - num_tokens - 1 : total - 1]
-        valid = inputs["completion_mask"].bool()
-        if "tool_mask" in inputs:
-            valid = valid & inputs["tool_mask"].bool()
-        if self._think_markers is not None:
-            valid = valid & ~think_span_mask(completion_ids, *self._think_markers)
-        is_positive = inputs[IS_POSITIVE_KEY]
-        args = self.args
-        result = compute_residual_weights(
-            completion_hidden,
-            valid,
-            group_ids,
-            is_positive,
-            rank=args.resrl_rank,
-            max_pos_tokens=args.resrl_max_pos_tokens,
-            q_low=args.resrl_q_low,
-            q_high=args.resrl_q_high,
-            min_weight=args.resrl_min_weight,
-            niter=args.resrl_pca_niter,
-            generator=self._resrl_generator,
-        )
+        valid = self._valid_tokens(inputs)
+        group_ids, is_positive, args = inputs[GROUP_IDS_KEY], inputs[IS_POSITIVE_KEY], self.args
+        mode = "train" if self.model.training else "eval"
+        if self._rollout_subspaces:
+            result = project_onto_group_subspaces(
+                completion_hidden,
+                valid,
+                group_ids,
+                is_positive,
+                self._group_subspaces[mode],
+                min_weight=args.resrl_min_weight,
+            )
+        else:
+            group_sizes = torch.unique(group_ids, return_counts=True)[1]
+            expected = self.num_generations if self.model.training else self.num_generations_eval
+            if bool((group_sizes != expected).any()):
+                raise RuntimeError(
+                    f"a micro-batch holds a partial prompt group (sizes {group_sizes.tolist()}, expected {expected}); "
+                    "resrl_subspace='step' needs whole groups in each micro-batch (use resrl_subspace='rollout')"
+                )
+            result = compute_residual_weights(
+                completion_hidden,
+                valid,
+                group_ids,
+                is_positive,
+                rank=args.resrl_rank,
+                max_pos_tokens=args.resrl_max_pos_tokens,
+                q_low=args.resrl_q_low,
+                q_high=args.resrl_q_high,
+                min_weight=args.resrl_min_weight,
+                niter=args.resrl_pca_niter,
+                generator=self._resrl_generator,
+            )
         pos_weight = args.resrl_pos_weight if args.advantage_mode in SCALES_POSITIVES else 1.0
         factor = torch.where(is_positive[:, None], pos_weight, result.weights)
         advantages = inputs["advantages"]
@@ -246,6 +402,15 @@ class ResRLTrainer(GRPOTrainer):
             advantages = advantages[:, None]
         inputs["advantages"] = advantages * factor
         return result.stats
+
+    def _valid_tokens(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """The completion tokens that take part: not padding, not tool output, not inside a masked think span."""
+        valid = inputs["completion_mask"].bool()
+        if "tool_mask" in inputs:
+            valid = valid & inputs["tool_mask"].bool()
+        if self._think_markers is not None:
+            valid = valid & ~think_span_mask(inputs["completion_ids"], *self._think_markers)
+        return valid
 
     def _log_residual_stats(self, stats: ResidualStats) -> None:
         totals = self.accelerator.reduce(torch.stack(list(stats)), reduction="sum")
@@ -256,7 +421,8 @@ class ResRLTrainer(GRPOTrainer):
         metrics["resrl/neg_token_weight_mean"].append(s.weight_sum / tokens)
         metrics["resrl/residual_energy_mean"].append(s.energy_sum / tokens)
         metrics["resrl/neg_alignment_mean"].append(s.alignment_sum / tokens)
-        metrics["resrl/mixed_group_frac"].append(s.mixed_groups / max(s.groups, 1.0))
-        metrics["resrl/skipped_groups"].append(s.skipped_groups)
-        metrics["resrl/positives"].append(s.positives)
-        metrics["resrl/negatives"].append(s.negatives)
+        if not self._rollout_subspaces:  # else logged once per rollout, for whole groups
+            metrics["resrl/mixed_group_frac"].append(s.mixed_groups / max(s.groups, 1.0))
+            metrics["resrl/skipped_groups"].append(s.skipped_groups)
+            metrics["resrl/positives"].append(s.positives)
+            metrics["resrl/negatives"].append(s.negatives)

@@ -73,10 +73,12 @@ def test_grpo_and_positive_scaling_modes(tmp_path, tokenizer, prompts_dataset, m
     torch.testing.assert_close(scaled, torch.where(positive, 0.5 * grpo, grpo))
 
 
-def test_token_weight_modes_need_whole_groups_and_the_others_do_not(tmp_path):
+def test_in_step_subspaces_need_whole_groups_and_auto_builds_them_at_rollout(tmp_path):
     settings = dict(COMMON, per_device_train_batch_size=2, steps_per_generation=2)
     with pytest.raises(ValueError, match="multiple of num_generations"):
-        ResRLConfig(output_dir=str(tmp_path), advantage_mode="resrl_tokens_only", **settings)
-    ResRLConfig(output_dir=str(tmp_path), advantage_mode="nsr", **settings)
+        ResRLConfig(output_dir=str(tmp_path), advantage_mode="resrl_tokens_only", resrl_subspace="step", **settings)
+    assert ResRLConfig(output_dir=str(tmp_path), **settings).resrl_subspace == "rollout"
+    assert ResRLConfig(output_dir=str(tmp_path), **COMMON).resrl_subspace == "step"
+    ResRLConfig(output_dir=str(tmp_path), advantage_mode="nsr", resrl_subspace="step", **settings)
     with pytest.raises(ValueError, match="advantage_mode must be one of"):
         ResRLConfig(output_dir=str(tmp_path), advantage_mode="ppo", **COMMON)

@@ -323,7 +323,8 @@ def test_tool_output_is_neither_weighted_nor_used_for_the_basis(tmp_path, tokeni
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(per_device_train_batch_size=2, steps_per_generation=2), "multiple of num_generations"),
+        (dict(per_device_train_batch_size=2, steps_per_generation=2, resrl_subspace="step"), "multiple of num_gen"),
+        (dict(resrl_subspace="batch"), "resrl_subspace must be"),
         (dict(resrl_rank=0), "resrl_rank"),
         (dict(resrl_q_low=0.9, resrl_q_high=0.5), "resrl_q_low < resrl_q_high"),
         (dict(resrl_min_weight=1.5), "resrl_min_weight"),

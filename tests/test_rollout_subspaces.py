@@ -1,0 +1,132 @@
+"""resrl_subspace="rollout": subspaces built once per generation from whole groups, any micro-batch size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_trainer import make_trainer
+
+import resrl_trl.trainer as trainer_module
+from resrl_trl import ResRLTrainer
+from resrl_trl.trainer import GROUP_IDS_KEY
+
+
+def record_row_weights(monkeypatch) -> dict[tuple, torch.Tensor]:
+    """Per completion row seen in training (keyed by group id and token ids): its (T,) ResRL weights."""
+    rows: dict[tuple, torch.Tensor] = {}
+    pending: list[torch.Tensor] = []
+    real_apply = ResRLTrainer._apply_residual_weights
+
+    def apply(self, hidden, inputs):
+        stats = real_apply(self, hidden, inputs)
+        weights = pending.pop()
+        for group, ids, row in zip(
+            inputs[GROUP_IDS_KEY].tolist(), inputs["completion_ids"].tolist(), weights, strict=True
+        ):
+            rows.setdefault((group, tuple(ids)), row.clone())
+        return stats
+
+    def spy(real):
+        def wrapped(*args, **kwargs):
+            result = real(*args, **kwargs)
+            pending.append(result.weights)
+            return result
+
+        return wrapped
+
+    monkeypatch.setattr(ResRLTrainer, "_apply_residual_weights", apply)
+    for name in ("compute_residual_weights", "project_onto_group_subspaces"):
+        monkeypatch.setattr(trainer_module, name, spy(getattr(trainer_module, name)))
+    return rows
+
+
+def train_and_record(tmp_path, tokenizer, dataset, monkeypatch, **overrides):
+    rows = record_row_weights(monkeypatch)
+    trainer = make_trainer(tmp_path, tokenizer, dataset, max_steps=1, resrl_rank=4, **overrides)
+    trainer.train()
+    monkeypatch.undo()
+    return trainer, rows
+
+
+def test_micro_batches_smaller_than_a_group_get_the_in_step_weights(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    """One optimisation step per generation: in-step subspaces on micro-batches of 8 (two whole groups) and rollout
+    subspaces with micro-batches of 2 (half a group each, four accumulated) give the same weights to every row."""
+    _, in_step = train_and_record(tmp_path / "step", tokenizer, prompts_dataset, monkeypatch)
+    trainer, rollout = train_and_record(
+        tmp_path / "rollout",
+        tokenizer,
+        prompts_dataset,
+        monkeypatch,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+    )
+    assert trainer.args.resrl_subspace == "rollout"  # chosen by "auto"
+    assert rollout.keys() == in_step.keys() and len(rollout) > 1
+    weighted = 0
+    for key, weights in in_step.items():
+        torch.testing.assert_close(rollout[key], weights, atol=1e-4, rtol=0)
+        weighted += int((weights < 1).sum())
+    assert weighted > 0, "the parity reward should give mixed groups"
+
+
+def test_rollout_reuses_trl_old_logprob_forward(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    """When TRL runs its own no-grad forward over the rollout (here: four optimiser steps per generation), the hidden
+    states come from it, equal those of a forward of ResRL's own, and no extra forward runs."""
+    built = []
+    real_build = trainer_module.build_group_subspaces
+
+    def spy(hidden, valid, group_ids, is_positive, **kwargs):
+        built.append((hidden.clone(), valid.clone()))
+        return real_build(hidden, valid, group_ids, is_positive, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "build_group_subspaces", spy)
+    own_forward = []
+    real_own = ResRLTrainer._completion_hidden_states
+    monkeypatch.setattr(
+        ResRLTrainer, "_completion_hidden_states", lambda *a, **k: own_forward.append(1) or real_own(*a, **k)
+    )
+    own_hidden = []
+    real_generate = ResRLTrainer._generate_and_score_completions
+
+    def generate(self, inputs):
+        batch = real_generate(self, inputs)
+        rows = torch.arange(len(batch["completion_ids"]))
+        own_hidden.append(real_own(self, batch, rows, num_chunks=2))  # same policy: no step has run yet
+        return batch
+
+    monkeypatch.setattr(ResRLTrainer, "_generate_and_score_completions", generate)
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts_dataset, per_device_train_batch_size=2, steps_per_generation=4, max_steps=1
+    )
+    assert trainer._trl_runs_rollout_forward()
+    trainer.train()
+    assert len(built) == 1 and len(own_forward) == 0
+    (hidden, valid), own = built[0], own_hidden[0]
+    torch.testing.assert_close(own[valid], hidden[valid], atol=1e-5, rtol=0)
+
+
+def test_rollout_mode_trains_with_micro_batches_of_one(tmp_path, tokenizer, prompts_dataset):
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        prompts_dataset,
+        per_device_train_batch_size=1,
+        steps_per_generation=8,
+        gradient_accumulation_steps=2,
+        max_steps=4,
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(history) == 4 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    mixed = [h for h in history if h.get("resrl/mixed_group_frac", 0) > 0]
+    assert mixed and all(0.1 <= h["resrl/neg_token_weight_mean"] <= 1.0 for h in history)
+    assert all(h["resrl/positives"] + h["resrl/negatives"] == 8 for h in history if "resrl/positives" in h)
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+
+@pytest.mark.parametrize("mode", ["step", "rollout"])
+def test_both_placements_refuse_nothing_with_whole_groups(tmp_path, tokenizer, prompts_dataset, mode):
+    trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, resrl_subspace=mode, max_steps=1)
+    trainer.train()
+    assert trainer.args.resrl_subspace == mode
