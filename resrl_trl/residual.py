@@ -27,6 +27,7 @@ __all__ = [
     "ResidualWeights",
     "build_group_subspaces",
     "compute_residual_weights",
+    "group_stream_seed",
     "project_onto_group_subspaces",
     "residual_token_weights",
     "think_span_mask",
@@ -154,31 +155,54 @@ def _orthonormalise_cheaply(block: torch.Tensor) -> torch.Tensor:
 
 
 def _randomized_top_right_singular_vectors(
-    centred: torch.Tensor, q: int, niter: int, generator: torch.Generator | None, collective: Collective
+    centred: torch.Tensor, start: torch.Tensor, collective: Collective, niter: int
 ) -> torch.Tensor:
-    """Top-``q`` right singular vectors of each group's centred positives, stacked over processes by rows.
+    """Top right singular vectors of each group's centred positives, whose rows may be spread over processes.
 
-    ``centred`` is ``(G, N, H)``: this process's rows of each group (zero rows are padding). The subspace iteration of
-    ``torch.pca_lowrank`` / ``torch.svd_lowrank`` (Halko et al. 2011: a Gaussian start, ``niter`` power iterations,
-    then Rayleigh-Ritz). Each product ``X^T X B`` is a sum over rows, so processes add their ``(G, H, q)`` parts;
-    intermediate iterates are orthonormalised by Cholesky QR, the last one by Householder QR, so the Rayleigh-Ritz
-    step sees an exactly orthonormal basis. The random start is drawn from ``generator`` (which must be in the same
-    state on every process), never from the global RNG.
+    ``centred`` is ``(G, N, H)``: this process's rows of each group (zero rows are padding). ``start`` is the
+    ``(G, H, q)`` Gaussian start; group ``g`` uses its first ``k_g`` columns, the rest are zero and stay zero (so each
+    group runs exactly the iteration ``torch.pca_lowrank(Xc, q=k_g, niter)`` runs on it alone). The subspace
+    iteration of Halko et al. (2011): ``niter`` power iterations, then Rayleigh-Ritz. Each product ``X^T X B`` is a
+    sum over rows, so processes add their ``(G, H, q)`` parts. Intermediate iterates are orthonormalised by Cholesky
+    QR, the last by Householder QR, so the Rayleigh-Ritz step sees an exactly orthonormal basis.
     """
-    num_groups, _, hidden = centred.shape
     reduce = collective.all_reduce_sum
+    in_use = (start.abs().sum(1, keepdim=True) > 0).to(start.dtype)  # (G, 1, q)
 
     def times_gram(block: torch.Tensor) -> torch.Tensor:  # X^T X block, over all processes' rows
         return reduce(centred.mT @ (centred @ block))
 
-    basis = torch.randn(num_groups, hidden, q, generator=generator, device=centred.device, dtype=centred.dtype)
+    basis = start
     for _ in range(niter):
+        # Zero columns stay zero: the Cholesky factor is block-diagonal between used and unused columns.
         basis = _orthonormalise_cheaply(times_gram(basis))
-    basis = torch.linalg.qr(times_gram(basis)).Q
-    # Rayleigh-Ritz: the exact top singular vectors of X restricted to span(basis), in decreasing order.
+    basis = torch.linalg.qr(times_gram(basis)).Q * in_use  # QR completes unused columns arbitrarily: drop them
+    # Rayleigh-Ritz: the exact top singular vectors of X restricted to span(basis), in decreasing order (the zero
+    # columns give eigenvalue 0 and sort last).
     coords = centred @ basis
     _, ritz_vectors = torch.linalg.eigh(reduce(coords.mT @ coords))
     return basis @ ritz_vectors.flip(-1)
+
+
+def group_stream_seed(seed: int, group_id: int) -> int:
+    """Seed of group ``group_id``'s own random stream under batch seed ``seed`` (a SplitMix64-style mix)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (group_id + 1) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 30)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) % 2**63
+
+
+def _random_streams(
+    group_ids: torch.Tensor, generator: torch.Generator | None, group_seed: int | None
+) -> list[torch.Generator | None]:
+    """One generator per group: its own stream seeded from ``group_seed`` and its id, or the shared ``generator``."""
+    if group_seed is None:
+        return [generator] * group_ids.numel()
+    streams = []
+    for group_id in group_ids.tolist():
+        stream = torch.Generator(device=group_ids.device)
+        stream.manual_seed(group_stream_seed(group_seed, group_id))
+        streams.append(stream)
+    return streams
 
 
 def _global_slots(local_counts: torch.Tensor, collective: Collective) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,6 +318,7 @@ def _build(
     q_high: float,
     niter: int,
     generator: torch.Generator | None,
+    group_seed: int | None,
     collective: Collective,
 ) -> _Build:
     """Steps 1-7 for every group, over the rows of all processes. With ``num_groups`` the ids are global indices in
@@ -342,10 +367,16 @@ def _build(
     order, pos_group, local_rank, local_count = _rank_within_group(active_index[seq_group[pos_b]], num_active)
     pos_b, pos_t = pos_b[order], pos_t[order]
     offset, total = _global_slots(local_count, collective)
+    streams = _random_streams(unique_groups[active], generator, group_seed)
     if most_pos > max_pos_tokens:
         # A uniform subset without replacement: the max_pos_tokens lowest random keys of each group. One key per
         # positive token of every process, in (group, process, row, position) order, drawn by all processes alike.
-        keys = torch.rand(int(total.sum()), generator=generator, device=device, dtype=torch.float64)
+        keys = torch.cat(
+            [
+                torch.rand(n, generator=stream, device=device, dtype=torch.float64)
+                for n, stream in zip(total.tolist(), streams, strict=True)
+            ]
+        )
         key_group = torch.repeat_interleave(torch.arange(num_active, device=device), total)
         key_order, _, key_rank_sorted, _ = _rank_within_group(key_group, num_active, keys)
         key_rank = torch.empty_like(key_group)
@@ -364,11 +395,12 @@ def _build(
     positives.sub_(mean[:, None, :]).mul_(row_is_real[..., None])
 
     # --- Subspace V_k (steps 4-5). ---
-    group_rank = torch.clamp(total - 1, max=min(rank, width))
-    q = min(rank, width, min(most_pos, max_pos_tokens) - 1)
-    basis = _randomized_top_right_singular_vectors(positives, q, niter, generator, collective)
-    basis = basis * (torch.arange(q, device=device)[None, :] < group_rank[:, None])[:, None, :]
-    del positives
+    group_rank = torch.clamp(total - 1, max=min(rank, width))  # k per group
+    start = torch.zeros(num_active, width, int(group_rank.max()), **f32)
+    for index, (k, stream) in enumerate(zip(group_rank.tolist(), streams, strict=True)):
+        start[index, :, :k] = torch.randn(width, k, generator=stream, **f32)
+    basis = _randomized_top_right_singular_vectors(positives, start, collective, niter)
+    del positives, start
 
     # --- Residual energies of the negative tokens (step 6) and their per-group quantiles (step 7). ---
     neg_b, neg_t = torch.nonzero(valid & (~positive & row_active)[:, None], as_tuple=True)
@@ -417,6 +449,7 @@ def compute_residual_weights(
     min_weight: float = 0.1,
     niter: int = 4,
     generator: torch.Generator | None = None,
+    group_seed: int | None = None,
 ) -> ResidualWeights:
     """ResRL per-token weights and their statistics, every group whole in this batch. See
     :func:`residual_token_weights` for the arguments."""
@@ -433,6 +466,7 @@ def compute_residual_weights(
             q_high=q_high,
             niter=niter,
             generator=generator,
+            group_seed=group_seed,
             collective=SINGLE_PROCESS,
         )
         negatives, subspaces = build.negatives, build.subspaces
@@ -457,15 +491,17 @@ def build_group_subspaces(
     q_high: float = 0.8,
     niter: int = 4,
     generator: torch.Generator | None = None,
+    group_seed: int | None = None,
     collective: Collective = SINGLE_PROCESS,
 ) -> tuple[GroupSubspaces, ResidualStats]:
     """Each group's positive subspace and energy quantiles, from completions that may sit on several processes.
 
     The rollout-time half of ResRL: steps 1-5 and 7 of :func:`residual_token_weights` for every group, where this
     process holds some rows of some groups and ``collective`` adds up what the processes hold. ``group_ids`` are
-    global indices in ``[0, num_groups)``. From the same ``generator`` state (on every process) the result equals
-    that of one process holding all rows. Returns the subspaces and the statistics (group counts summed over
-    processes; energy and alignment sums of this process's negatives, to be summed by the caller; no weight sum).
+    global indices in ``[0, num_groups)``. With the same ``group_seed`` (or ``generator`` state) on every process
+    the result equals that of one process holding all rows. Returns the subspaces and the statistics (group counts
+    summed over processes; energy and alignment sums of this process's negatives, to be summed by the caller; no
+    weight sum).
     """
     with _exact_fp32(hidden.device.type):
         build = _build(
@@ -480,6 +516,7 @@ def build_group_subspaces(
             q_high=q_high,
             niter=niter,
             generator=generator,
+            group_seed=group_seed,
             collective=collective,
         )
     return build.subspaces, build.stats
@@ -534,6 +571,7 @@ def residual_token_weights(
     min_weight: float = 0.1,
     niter: int = 4,
     generator: torch.Generator | None = None,
+    group_seed: int | None = None,
 ) -> torch.Tensor:
     r"""ResRL's per-token weights for the negative completions of a batch.
 
@@ -563,7 +601,12 @@ def residual_token_weights(
         q_low, q_high: quantiles of the residual energies mapped to ``min_weight`` and 1 (paper: 0.2, 0.8).
         min_weight: smallest weight (paper: 0.1).
         niter: power iterations of the randomised PCA (paper: 4).
-        generator: source of randomness for subsampling and PCA; ``None`` uses the global RNG.
+        generator: source of randomness for subsampling and PCA, drawn group after group in the order of the
+            group ids; ``None`` uses the global RNG.
+        group_seed: instead of ``generator``, give every group its own stream, seeded from ``group_seed`` and the
+            group's id (:func:`group_stream_seed`). A group's weights then depend only on its own rows, its id and
+            ``group_seed``: not on which other groups share the batch, nor on how many processes or micro-batches the
+            rollout is split into.
 
     Returns:
         ``(B, T)`` float32 weights: in ``[min_weight, 1]`` at the valid tokens of negatives in usable mixed groups,
@@ -581,6 +624,7 @@ def residual_token_weights(
         min_weight=min_weight,
         niter=niter,
         generator=generator,
+        group_seed=group_seed,
     ).weights
 
 

@@ -21,6 +21,7 @@ from .residual import (
     ResidualStats,
     build_group_subspaces,
     compute_residual_weights,
+    group_stream_seed,
     project_onto_group_subspaces,
     think_span_mask,
 )
@@ -123,12 +124,13 @@ class ResRLTrainer(GRPOTrainer):
             if args.advantage_mode in USES_TOKEN_WEIGHTS
             else None
         )
-        seed = args.seed if args.resrl_seed is None else args.resrl_seed
-        # ResRL's own stream: the global RNG (and so the sampled completions) stays as under GRPOTrainer. At rollout
-        # time the processes build shared groups together, so their streams must agree; in the step they differ.
         self._rollout_subspaces = args.resrl_subspace == "rollout" and self._resrl_layer is not None
-        self._resrl_generator = torch.Generator(device=self.accelerator.device)
-        self._resrl_generator.manual_seed(seed + (0 if self._rollout_subspaces else self.accelerator.process_index))
+        # ResRL's randomness (positive-token subsampling, the PCA's random start) comes from one stream per group,
+        # seeded from resrl_seed, the generation's index and the group's id: never from the global RNG (so the
+        # sampled completions stay as under GRPOTrainer), and the same wherever the group's rows are processed.
+        self._resrl_seed = args.seed if args.resrl_seed is None else args.resrl_seed
+        self._generations = {"train": 0, "eval": 0}
+        self._group_seed = {"train": 0, "eval": 0}  # of the latest generation, per mode
         self._think_markers = self._resolve_think_markers() if args.resrl_mask_think else None
         self._last_rewards_per_func: torch.Tensor | None = None
         self._group_subspaces: dict[str, GroupSubspaces] = {}  # per mode, from the latest generation
@@ -167,6 +169,9 @@ class ResRLTrainer(GRPOTrainer):
         # A completion no reward function could score is not positive (TRL gives it a zero advantage).
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = float("nan")
         mode = "train" if self.model.training else "eval"
+        # Eval generations draw from their own sequence of seeds, so evaluating never shifts training's.
+        self._group_seed[mode] = group_stream_seed(self._resrl_seed + (mode == "eval") * 7919, self._generations[mode])
+        self._generations[mode] += 1
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         start = self.accelerator.process_index * len(inputs)
         local = slice(start, start + len(inputs))
@@ -301,7 +306,7 @@ class ResRLTrainer(GRPOTrainer):
             q_low=self.args.resrl_q_low,
             q_high=self.args.resrl_q_high,
             niter=self.args.resrl_pca_niter,
-            generator=self._resrl_generator,
+            group_seed=self._group_seed[mode],
             collective=self._collective(),
         )
         self._group_subspaces[mode] = subspaces
@@ -393,7 +398,7 @@ class ResRLTrainer(GRPOTrainer):
                 q_high=args.resrl_q_high,
                 min_weight=args.resrl_min_weight,
                 niter=args.resrl_pca_niter,
-                generator=self._resrl_generator,
+                group_seed=self._group_seed[mode],
             )
         pos_weight = args.resrl_pos_weight if args.advantage_mode in SCALES_POSITIVES else 1.0
         factor = torch.where(is_positive[:, None], pos_weight, result.weights)

@@ -60,9 +60,13 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()
 
 
-@pytest.fixture
-def prompts_dataset() -> Dataset:
+def make_prompts_dataset() -> Dataset:
     questions = [f"What is {a} + {b}?" for a in range(4) for b in range(4)]
     return Dataset.from_dict(
         {"prompt": [[{"role": "user", "content": q}] for q in questions], "solution": ["0"] * len(questions)}
     )
+
+
+@pytest.fixture
+def prompts_dataset() -> Dataset:
+    return make_prompts_dataset()

@@ -146,3 +146,20 @@ def test_no_mixed_group_gives_no_subspaces_and_unit_weights():
     assert len(subspaces.group_ids) == 0 and stats.mixed_groups == 0
     result = project_onto_group_subspaces(hidden, valid, group_ids, all_negative, subspaces)
     assert torch.equal(result.weights, torch.ones_like(result.weights))
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_group_seed_makes_each_group_independent_of_the_batch(settings):
+    """With per-group streams a group's weights are the same alone or among other groups (its rows in the same
+    order: subsampling keys follow the rows)."""
+    hidden, valid, group_ids, is_positive = rollout_batch(seed=4)
+    together = compute_residual_weights(hidden, valid, group_ids, is_positive, group_seed=11, **settings).weights
+    for group in (2, 3):
+        rows = (group_ids == group).nonzero().flatten()
+        alone = compute_residual_weights(
+            hidden[rows], valid[rows], group_ids[rows], is_positive[rows], group_seed=11, **settings
+        ).weights
+        torch.testing.assert_close(alone, together[rows], atol=1e-5, rtol=0)
+    other_seed = compute_residual_weights(hidden, valid, group_ids, is_positive, group_seed=12, **settings).weights
+    if settings["rank"] == 4:  # a truncated randomised PCA depends on its random start
+        assert not torch.allclose(other_seed, together, atol=1e-4)

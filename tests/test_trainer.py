@@ -189,13 +189,13 @@ def test_per_token_advantages_equal_grpo_loss_with_those_advantages(
         batch[GROUP_IDS_KEY],
         batch[IS_POSITIVE_KEY],
         rank=4,
-        generator=torch.Generator().manual_seed(7),
+        group_seed=7,
     )
     assert ((expected.weights < 1) & (expected.weights >= 0.1)).any()  # the test exercises real weights
     factor = torch.where(batch[IS_POSITIVE_KEY][:, None], positive_factor, expected.weights)
     per_token = dict(batch, advantages=batch["advantages"][:, None] * factor)
 
-    resrl._resrl_generator.manual_seed(7)
+    resrl._group_seed["train"] = 7
     loss_resrl = resrl._compute_loss(resrl.model, batch)
     loss_grpo = grpo._compute_loss(grpo.model, per_token)
     torch.testing.assert_close(loss_resrl, loss_grpo, atol=1e-6, rtol=1e-5)

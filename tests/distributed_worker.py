@@ -1,0 +1,94 @@
+"""One process of a multi-process ResRL run on the CPU, launched by tests/test_distributed.py with
+``accelerate launch --cpu --num_processes 2``. Trains a tiny model for a few steps and saves, per training
+micro-batch, what the weights were computed from and what they came out as, plus the logged metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
+
+import resrl_trl.trainer as trainer_module  # noqa: E402
+from resrl_trl import ResRLConfig, ResRLTrainer  # noqa: E402
+from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=8)
+    parser.add_argument("--resrl_subspace", default="auto")
+    opts = parser.parse_args()
+    out = Path(opts.out)
+    records: list[dict] = []
+    pending: list[torch.Tensor] = []
+
+    def keep_weights(real):
+        def wrapped(*args, **kwargs):
+            result = real(*args, **kwargs)
+            pending.append(result.weights)
+            return result
+
+        return wrapped
+
+    for name in ("compute_residual_weights", "project_onto_group_subspaces"):
+        setattr(trainer_module, name, keep_weights(getattr(trainer_module, name)))
+
+    class RecordingTrainer(ResRLTrainer):
+        def _apply_residual_weights(self, hidden, inputs):
+            stats = super()._apply_residual_weights(hidden, inputs)
+            num_tokens = inputs["completion_ids"].size(1)
+            records.append(
+                {
+                    "step": self.state.global_step,
+                    "hidden": hidden[:, -num_tokens - 1 : -1].clone(),
+                    "valid": inputs["completion_mask"].bool(),
+                    "group_ids": inputs[GROUP_IDS_KEY],
+                    "is_positive": inputs[IS_POSITIVE_KEY],
+                    "weights": pending.pop(),
+                    "group_seed": self._group_seed["train"],
+                }
+            )
+            return stats
+
+    tokenizer = make_tokenizer()
+    args = ResRLConfig(
+        output_dir=str(out / "run"),
+        use_cpu=True,
+        report_to="none",
+        num_generations=4,
+        per_device_train_batch_size=opts.per_device_train_batch_size,
+        resrl_subspace=opts.resrl_subspace,
+        resrl_rank=4,  # a truncated randomised PCA: its random start matters
+        max_completion_length=10,
+        max_steps=2,
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-2,
+        seed=0,
+        beta=0.0,
+        bf16=False,
+    )
+    trainer = RecordingTrainer(
+        model=make_model(tokenizer),
+        reward_funcs=parity_reward,
+        args=args,
+        train_dataset=make_prompts_dataset(),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    torch.save(records, out / f"records-{rank}.pt")
+    if rank == 0:
+        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+        (out / "config.json").write_text(json.dumps({"resrl_subspace": trainer.args.resrl_subspace}))
+
+
+if __name__ == "__main__":
+    main()
