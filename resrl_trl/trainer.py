@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -246,10 +245,11 @@ class ResRLTrainer(GRPOTrainer):
             hidden = output[0] if isinstance(output, tuple) else output
             captured.append(hidden[:, -num_tokens - 1 : -1].detach())
 
+        # Only hidden states are wanted: run the decoder stack alone, never the LM head. (Calling the LM head module
+        # here, where the training forward only reads its weight through TRL's fused kernel, leaves ZeRO-3 unable to
+        # gather that weight again in the backward.)
         model = self.accelerator.unwrap_model(self.model)
-        base_model = model.get_base_model() if hasattr(model, "get_base_model") else model
-        # Only the hidden states are wanted: skip the (B, T, vocab) logits where the model allows it.
-        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base_model.forward).parameters else {}
+        decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
         handle = self._resrl_layer.register_forward_hook(hook)
         try:
             with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
@@ -257,9 +257,7 @@ class ResRLTrainer(GRPOTrainer):
                     chunk = chunks[index] if index < len(chunks) else torch.zeros(1, dtype=torch.long)
                     chunk = chunk.to(input_ids.device)
                     with self.accelerator.autocast():
-                        self.model(
-                            input_ids=input_ids[chunk], attention_mask=attention_mask[chunk], use_cache=False, **extra
-                        )
+                        decoder(input_ids=input_ids[chunk], attention_mask=attention_mask[chunk], use_cache=False)
         finally:
             handle.remove()
         if not captured:  # no process has a mixed group: nothing will be built
