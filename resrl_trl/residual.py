@@ -534,28 +534,44 @@ def project_onto_group_subspaces(
     """Per-token weights of the negatives in a batch that may hold any part of each group (the training-step half).
 
     Each valid token of a negative completion whose group has a subspace gets step 6's energy against its group's
-    ``mean`` and ``basis`` and step 7's weight with its group's stored quantiles; every other entry is 1. Group
-    counts in the statistics are zero: they belong to the rollout (see :func:`build_group_subspaces`).
+    ``mean`` and ``basis`` and step 7's weight with its group's stored quantiles; every other entry is 1 (so is a
+    token whose hidden state is not finite). Group counts in the statistics are zero: they belong to the rollout (see
+    :func:`build_group_subspaces`).
+
+    It runs without a single device-to-host synchronisation (every shape is known in advance), so it does not stall
+    the training forward it is called from; the price is float32 temporaries over all ``B x T`` positions.
     """
     _check_shapes(hidden, valid_mask, group_ids, is_positive)
     with _exact_fp32(hidden.device.type):
-        device = hidden.device
+        device, width = hidden.device, hidden.shape[-1]
         weights = torch.ones(valid_mask.shape, device=device, dtype=torch.float32)
         zero = torch.zeros((), device=device, dtype=torch.float32)
         zero_counts = dict(groups=zero, mixed_groups=zero, skipped_groups=zero, positives=zero, negatives=zero)
-        if num_subspaces := len(subspaces.group_ids):
-            position = torch.searchsorted(subspaces.group_ids, group_ids.long()).clamp(max=num_subspaces - 1)
-            rows_weighted = (subspaces.group_ids[position] == group_ids) & ~is_positive.bool()
-            neg_b, neg_t = torch.nonzero(valid_mask.bool() & rows_weighted[:, None], as_tuple=True)
-        if not num_subspaces or neg_b.numel() == 0:
+        num_subspaces = len(subspaces.group_ids)
+        if num_subspaces == 0:
             return ResidualWeights(weights, _token_stats(_no_negatives(device), zero_counts))
-        # Only the groups present here: gather their (mean, basis), a per-group (not per-token) copy.
-        used, local_group = torch.unique(position[neg_b], return_inverse=True)
-        negatives = _negative_energies(hidden, neg_b, neg_t, local_group, subspaces.mean[used], subspaces.basis[used])
-        group = used[negatives.group]
-        token_weight = _weights_from_energy(negatives.energy, subspaces.low[group], subspaces.high[group], min_weight)
-        weights[negatives.rows, negatives.cols] = token_weight
-        return ResidualWeights(weights, _token_stats(negatives, zero_counts, token_weight))
+        # Each row's group among the subspaces (a per-row, not per-token, copy of its mean and basis).
+        position = torch.searchsorted(subspaces.group_ids, group_ids.long()).clamp(max=num_subspaces - 1)
+        row_weighted = (subspaces.group_ids[position] == group_ids) & ~is_positive.bool()
+        centred = _layer_norm_fp32(hidden) - subspaces.mean[position][:, None, :]
+        total_energy = torch.linalg.vector_norm(centred, dim=-1).square()
+        inside_energy = torch.linalg.vector_norm(centred @ subspaces.basis[position], dim=-1).square()
+        del centred
+        energy = (total_energy - inside_energy).clamp(min=0.0) / width
+        token_weight = _weights_from_energy(
+            energy, subspaces.low[position][:, None], subspaces.high[position][:, None], min_weight
+        )
+        weighted = valid_mask.bool() & row_weighted[:, None] & torch.isfinite(token_weight)
+        weights = torch.where(weighted, token_weight, weights)
+        alignment = inside_energy / total_energy.clamp(min=1e-12)
+        stats = ResidualStats(
+            weight_sum=(token_weight * weighted).nansum(),
+            energy_sum=(energy * weighted).nansum(),
+            alignment_sum=(alignment * weighted).nansum(),
+            weighted_tokens=weighted.sum().float(),
+            **zero_counts,
+        )
+        return ResidualWeights(weights, stats)
 
 
 def residual_token_weights(

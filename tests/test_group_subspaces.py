@@ -163,3 +163,18 @@ def test_group_seed_makes_each_group_independent_of_the_batch(settings):
     other_seed = compute_residual_weights(hidden, valid, group_ids, is_positive, group_seed=12, **settings).weights
     if settings["rank"] == 4:  # a truncated randomised PCA depends on its random start
         assert not torch.allclose(other_seed, together, atol=1e-4)
+
+
+def test_projection_leaves_non_finite_tokens_at_one():
+    hidden, valid, group_ids, is_positive = rollout_batch()
+    subspaces, _ = build_group_subspaces(hidden, valid, group_ids, is_positive, num_groups=4, rank=4, group_seed=0)
+    clean = project_onto_group_subspaces(hidden, valid, group_ids, is_positive, subspaces)
+    negative_row = int(((group_ids == 2) & ~is_positive).nonzero()[0])
+    hidden = hidden.clone()
+    hidden[negative_row, 0] = float("nan")
+    faulty = project_onto_group_subspaces(hidden, valid, group_ids, is_positive, subspaces)
+    assert torch.isfinite(faulty.weights).all() and faulty.weights[negative_row, 0] == 1
+    others = torch.ones_like(valid)
+    others[negative_row, 0] = False
+    assert torch.equal(faulty.weights[others], clean.weights[others])
+    assert all(torch.isfinite(value) for value in faulty.stats)
