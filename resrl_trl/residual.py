@@ -126,7 +126,8 @@ def _rank_within_group(token_group: torch.Tensor, num_groups: int, sort_key: tor
 
     Returns ``(order, sorted_group, rank, counts)`` where ``order`` permutes the tokens into group order.
     """
-    counts = torch.bincount(token_group, minlength=num_groups)
+    counts = torch.zeros(num_groups, dtype=torch.long, device=token_group.device)
+    counts.index_add_(0, token_group, torch.ones_like(token_group))  # bincount would sync on a GPU
     if sort_key is None:
         order = torch.sort(token_group, stable=True).indices
     else:
@@ -192,14 +193,14 @@ def group_stream_seed(seed: int, group_id: int) -> int:
 
 
 def _random_streams(
-    group_ids: torch.Tensor, generator: torch.Generator | None, group_seed: int | None
+    group_ids: torch.Tensor, generator: torch.Generator | None, group_seed: int | None, device: torch.device
 ) -> list[torch.Generator | None]:
     """One generator per group: its own stream seeded from ``group_seed`` and its id, or the shared ``generator``."""
     if group_seed is None:
         return [generator] * group_ids.numel()
     streams = []
     for group_id in group_ids.tolist():
-        stream = torch.Generator(device=group_ids.device)
+        stream = torch.Generator(device=device)
         stream.manual_seed(group_stream_seed(group_seed, group_id))
         streams.append(stream)
     return streams
@@ -222,13 +223,13 @@ def _negative_energies(
     group: torch.Tensor,
     mean: torch.Tensor,
     basis: torch.Tensor,
+    padded: int,
 ) -> _NegativeEnergies:
     """Residual energy (spec step 6) and subspace alignment of the tokens ``hidden[rows, cols]`` of groups ``group``
-    (indices into ``mean``/``basis``), returned in group order."""
+    (indices into ``mean``/``basis``; at most ``padded`` tokens per group), returned in group order."""
     num_groups, width = mean.shape
-    order, sorted_group, slot, count = _rank_within_group(group, num_groups)
+    order, sorted_group, slot, _ = _rank_within_group(group, num_groups)
     rows, cols = rows[order], cols[order]
-    padded = int(count.max()) if count.numel() else 0
     centred = torch.zeros(num_groups, padded, width, device=hidden.device, dtype=torch.float32)
     centred[sorted_group, slot] = _layer_norm_fp32(hidden[rows, cols])
     centred.sub_(mean[:, None, :])
@@ -244,18 +245,24 @@ def _negative_energies(
 
 
 def _quantile_bounds(
-    negatives: _NegativeEnergies, num_groups: int, q_low: float, q_high: float, collective: Collective
+    negatives: _NegativeEnergies,
+    num_groups: int,
+    padded: int,
+    q_low: float,
+    q_high: float,
+    collective: Collective,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group ``q_low``/``q_high`` quantiles of the energies (step 7), over every process's negative tokens, as
     ``torch.quantile``'s "linear" interpolation. Only the scalar energies travel between processes."""
     device = negatives.energy.device
-    local_count = torch.bincount(negatives.group, minlength=num_groups)
+    local_count = torch.zeros(num_groups, dtype=torch.long, device=device)
+    local_count.index_add_(0, negatives.group, torch.ones_like(negatives.group))
     offset, count = _global_slots(local_count, collective)
     group_start = torch.cumsum(local_count, 0) - local_count
     slot = (
         offset[negatives.group] + torch.arange(negatives.group.numel(), device=device) - group_start[negatives.group]
     )
-    padded = max(int(count.max()), 1)
+    padded = max(padded, 1)  # the most negative tokens of a group, over all processes
     energies = torch.zeros(num_groups, padded, device=device, dtype=torch.float32)
     energies[negatives.group, slot] = negatives.energy
     energies = collective.all_reduce_sum(energies)
@@ -339,8 +346,8 @@ def _build(
     tokens = valid.sum(1)
     bad_tokens = (valid & ~torch.isfinite(hidden.sum(-1, dtype=torch.float32))).sum(1)
     per_row = torch.stack([positive.long(), (~positive).long(), tokens * positive, tokens * ~positive, bad_tokens])
-    counts = reduce(torch.zeros(5, num_groups, dtype=torch.long, device=device).index_add_(1, seq_group, per_row))
-    pos_seqs, neg_seqs, pos_tokens, _, bad = counts
+    local = torch.zeros(5, num_groups, dtype=torch.long, device=device).index_add_(1, seq_group, per_row)
+    pos_seqs, neg_seqs, pos_tokens, neg_tokens, bad = reduce(local)
     mixed = (pos_seqs > 0) & (neg_seqs > 0)
     active = mixed & (bad == 0) & (pos_tokens >= MIN_POSITIVE_TOKENS)
     present = (pos_seqs + neg_seqs) > 0
@@ -353,40 +360,51 @@ def _build(
     )
     active_index = torch.cumsum(active.long(), 0) - 1
     active_index[~active] = -1
-    num_active, most_pos = torch.stack([active.sum(), (pos_tokens * active).max()]).tolist()
+    # Every size below, read in one device-to-host transfer (each one would otherwise stall the GPU).
+    table = torch.stack([active.long(), unique_groups, pos_tokens, local[2], local[3], neg_tokens]).cpu()
+    is_active = table[0].bool()
+    active_ids, pos_total, local_pos, local_neg, neg_total = (row[is_active] for row in table[1:])
+    num_active = len(active_ids)
     if num_active == 0:
         none = torch.zeros(0, **f32)
         subspaces = GroupSubspaces(
             torch.zeros(0, dtype=torch.long, device=device), none.view(0, width), none.view(0, width, 0), none, none
         )
         return _Build(subspaces, _no_negatives(device), _token_stats(_no_negatives(device), stats_counts))
+    kept_total = pos_total.clamp(max=max_pos_tokens)
+    group_rank = kept_total.sub(1).clamp(max=min(rank, width)).tolist()  # k per group
+    streams = _random_streams(active_ids, generator, group_seed, device)
 
     # --- Positive set P per group (steps 1-3): subsample, layer-norm, centre. ---
     row_active = active[seq_group]
-    pos_b, pos_t = torch.nonzero(valid & (positive & row_active)[:, None], as_tuple=True)
+    pos_b, pos_t = _nonzero_known(valid & (positive & row_active)[:, None], int(local_pos.sum()))
     order, pos_group, local_rank, local_count = _rank_within_group(active_index[seq_group[pos_b]], num_active)
     pos_b, pos_t = pos_b[order], pos_t[order]
     offset, total = _global_slots(local_count, collective)
-    streams = _random_streams(unique_groups[active], generator, group_seed)
-    if most_pos > max_pos_tokens:
+    if int(pos_total.max()) > max_pos_tokens:
         # A uniform subset without replacement: the max_pos_tokens lowest random keys of each group. One key per
         # positive token of every process, in (group, process, row, position) order, drawn by all processes alike.
         keys = torch.cat(
             [
                 torch.rand(n, generator=stream, device=device, dtype=torch.float64)
-                for n, stream in zip(total.tolist(), streams, strict=True)
+                for n, stream in zip(pos_total.tolist(), streams, strict=True)
             ]
         )
-        key_group = torch.repeat_interleave(torch.arange(num_active, device=device), total)
+        key_group = torch.repeat_interleave(
+            torch.arange(num_active, device=device), total, output_size=int(pos_total.sum())
+        )
         key_order, _, key_rank_sorted, _ = _rank_within_group(key_group, num_active, keys)
         key_rank = torch.empty_like(key_group)
         key_rank[key_order] = key_rank_sorted
         group_start = torch.cumsum(total, 0) - total
         kept = key_rank[group_start[pos_group] + offset[pos_group] + local_rank] < max_pos_tokens
-        pos_b, pos_t, pos_group = pos_b[kept], pos_t[kept], pos_group[kept]
+        # One process knows how many of its tokens are kept; several must count them.
+        num_kept = int(kept_total.sum()) if collective.num_processes == 1 else int(kept.sum())
+        (index,) = _nonzero_known(kept, num_kept)
+        pos_b, pos_t, pos_group = pos_b[index], pos_t[index], pos_group[index]
         _, _, local_rank, local_count = _rank_within_group(pos_group, num_active)
         total = total.clamp(max=max_pos_tokens)
-    padded_rows = int(local_count.max())
+    padded_rows = int(local_pos.clamp(max=max_pos_tokens).max())  # an upper bound on any group's rows here
     positives = torch.zeros(num_active, padded_rows, width, **f32)
     positives[pos_group, local_rank] = _layer_norm_fp32(hidden[pos_b, pos_t])
     mean = reduce(positives.sum(1)) / total[:, None]
@@ -395,20 +413,26 @@ def _build(
     positives.sub_(mean[:, None, :]).mul_(row_is_real[..., None])
 
     # --- Subspace V_k (steps 4-5). ---
-    group_rank = torch.clamp(total - 1, max=min(rank, width))  # k per group
-    start = torch.zeros(num_active, width, int(group_rank.max()), **f32)
-    for index, (k, stream) in enumerate(zip(group_rank.tolist(), streams, strict=True)):
+    start = torch.zeros(num_active, width, max(group_rank), **f32)
+    for index, (k, stream) in enumerate(zip(group_rank, streams, strict=True)):
         start[index, :, :k] = torch.randn(width, k, generator=stream, **f32)
     basis = _randomized_top_right_singular_vectors(positives, start, collective, niter)
     del positives, start
 
     # --- Residual energies of the negative tokens (step 6) and their per-group quantiles (step 7). ---
-    neg_b, neg_t = torch.nonzero(valid & (~positive & row_active)[:, None], as_tuple=True)
-    negatives = _negative_energies(hidden, neg_b, neg_t, active_index[seq_group[neg_b]], mean, basis)
-    low, high = _quantile_bounds(negatives, num_active, q_low, q_high, collective)
+    neg_b, neg_t = _nonzero_known(valid & (~positive & row_active)[:, None], int(local_neg.sum()))
+    negatives = _negative_energies(
+        hidden, neg_b, neg_t, active_index[seq_group[neg_b]], mean, basis, int(local_neg.max())
+    )
+    low, high = _quantile_bounds(negatives, num_active, int(neg_total.max()), q_low, q_high, collective)
     subspaces = GroupSubspaces(unique_groups[active], mean, basis, low, high)
     # weight_sum needs min_weight, which the callers apply: they fill it in.
     return _Build(subspaces, negatives, _token_stats(negatives, stats_counts))
+
+
+def _nonzero_known(mask: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
+    """``torch.nonzero(mask, as_tuple=True)`` when the number of hits is already known: no device-to-host sync."""
+    return tuple(torch.nonzero_static(mask, size=count).unbind(1))
 
 
 def _no_negatives(device: torch.device) -> _NegativeEnergies:
