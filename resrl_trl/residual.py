@@ -150,7 +150,7 @@ def _orthonormalise_cheaply(block: torch.Tensor) -> torch.Tensor:
     gram = wide.mT @ wide
     shift = 1e-12 * gram.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-30)
     eye = torch.eye(gram.size(-1), dtype=gram.dtype, device=gram.device)
-    factor = torch.linalg.cholesky(gram + shift[:, None, None] * eye)
+    factor = torch.linalg.cholesky_ex(gram + shift[:, None, None] * eye).L  # _ex: no error check, no GPU sync
     # block @ factor^{-T}: solve factor @ X^T = block^T
     return torch.linalg.solve_triangular(factor, wide.mT, upper=False).mT.to(block.dtype)
 
@@ -425,7 +425,7 @@ def _build(
         hidden, neg_b, neg_t, active_index[seq_group[neg_b]], mean, basis, int(local_neg.max())
     )
     low, high = _quantile_bounds(negatives, num_active, int(neg_total.max()), q_low, q_high, collective)
-    subspaces = GroupSubspaces(unique_groups[active], mean, basis, low, high)
+    subspaces = GroupSubspaces(active_ids.to(device, non_blocking=True), mean, basis, low, high)
     # weight_sum needs min_weight, which the callers apply: they fill it in.
     return _Build(subspaces, negatives, _token_stats(negatives, stats_counts))
 
@@ -474,16 +474,18 @@ def compute_residual_weights(
     niter: int = 4,
     generator: torch.Generator | None = None,
     group_seed: int | None = None,
+    num_groups: int | None = None,
 ) -> ResidualWeights:
     """ResRL per-token weights and their statistics, every group whole in this batch. See
-    :func:`residual_token_weights` for the arguments."""
+    :func:`residual_token_weights` for the arguments; ``num_groups``, when given, says the ids lie in
+    ``[0, num_groups)``, which spares a ``torch.unique`` (a GPU synchronisation)."""
     with _exact_fp32(hidden.device.type):
         build = _build(
             hidden,
             valid_mask,
             group_ids,
             is_positive,
-            None,
+            num_groups,
             rank=rank,
             max_pos_tokens=max_pos_tokens,
             q_low=q_low,

@@ -130,6 +130,7 @@ class ResRLTrainer(GRPOTrainer):
         self._resrl_seed = args.seed if args.resrl_seed is None else args.resrl_seed
         self._generations = {"train": 0, "eval": 0}
         self._group_seed = {"train": 0, "eval": 0}  # of the latest generation, per mode
+        self._num_groups = {"train": 0, "eval": 0}  # groups in the latest generation (ids are 0..n-1), per mode
         self._think_markers = self._resolve_think_markers() if args.resrl_mask_think else None
         self._last_rewards_per_func: torch.Tensor | None = None
         self._group_subspaces: dict[str, GroupSubspaces] = {}  # per mode, from the latest generation
@@ -174,6 +175,7 @@ class ResRLTrainer(GRPOTrainer):
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         start = self.accelerator.process_index * len(inputs)
         local = slice(start, start + len(inputs))
+        self._num_groups[mode] = len(inputs) * self.accelerator.num_processes // group_size
         device = output["completion_ids"].device
         is_positive = (rewards[local] > self.args.resrl_positive_threshold).to(device)
         output[IS_POSITIVE_KEY] = is_positive
@@ -397,6 +399,7 @@ class ResRLTrainer(GRPOTrainer):
                 min_weight=args.resrl_min_weight,
                 niter=args.resrl_pca_niter,
                 group_seed=self._group_seed[mode],
+                num_groups=self._num_groups[mode] or None,
             )
         pos_weight = args.resrl_pos_weight if args.advantage_mode in SCALES_POSITIVES else 1.0
         factor = torch.where(is_positive[:, None], pos_weight, result.weights)
