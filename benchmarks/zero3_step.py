@@ -15,7 +15,7 @@ completions (a third of them positive). Variants, each in its own process so pea
   forward over the group's completions, then the subspace) is timed apart, once per generation, and included in
   ``resrl_part``'s step time.
 
-The last line printed is one JSON object with every figure.
+The last line printed is one JSON object with every figure; ``--render FILE`` turns a saved output into Markdown rows.
 """
 
 from __future__ import annotations
@@ -203,6 +203,24 @@ def time_weights_alone(trainer, engine, group: dict, opts: argparse.Namespace) -
     return out
 
 
+def format_markdown(summary: dict) -> str:
+    """The summary as Markdown table rows: one per micro-batch kind."""
+    raw, rows = summary["raw"], []
+    for kind, label in (("whole", "whole group (in-step)"), ("part", f"{summary['part_size']} rows (rollout)")):
+        grpo, resrl = raw.get(f"grpo_{kind}"), raw.get(f"resrl_{kind}")
+        if not (grpo and resrl):
+            continue
+        build = resrl.get("rollout_build_s")
+        rows.append(
+            f"| {summary['device']} | {summary['model']} | {summary['group']} | {label} | {grpo['step_s']:.3f} | "
+            f"{resrl['step_s']:.3f} | **{summary[f'time_ratio_{kind}']:.3f}** | "
+            f"{'-' if build is None else f'{build:.3f}'} | {grpo['peak_mem_mb']:.0f} | {resrl['peak_mem_mb']:.0f} | "
+            f"**{summary[f'peak_mem_ratio_{kind}']:.3f}** | {resrl['weights_in_step_s'] * 1e3:.1f} | "
+            f"{resrl['weights_build_s'] * 1e3:.1f} | {resrl['weights_project_s'] * 1e3:.1f} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="random-qwen3-1.7b", choices=["random-qwen3-1.7b", "tiny"])
@@ -214,8 +232,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--render", help="print the Markdown rows of a saved run's output file, and exit")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.render:
+        print(format_markdown(json.loads(Path(opts.render).read_text().strip().splitlines()[-1])))
+        return
     if opts.variant:
         print(json.dumps(run_variant(opts)))
         return
@@ -241,6 +263,8 @@ def main() -> None:
             if grpo["peak_mem_mb"]:
                 summary[f"peak_mem_ratio_{kind}"] = resrl["peak_mem_mb"] / grpo["peak_mem_mb"]
     summary["raw"] = results
+    if opts.device.startswith("cuda"):
+        print(format_markdown(summary))
     print(json.dumps(summary))
 
 
