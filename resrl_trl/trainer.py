@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import shutil
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
@@ -25,7 +30,11 @@ from .residual import (
     think_span_mask,
 )
 
+logger = logging.getLogger(__name__)
+
 GROUP_IDS_KEY = "resrl_group_ids"
+RESRL_STATE_FILE = "resrl_state.json"
+STAGING_DIR = ".resrl-staging"
 IS_POSITIVE_KEY = "resrl_is_positive"
 
 
@@ -152,6 +161,12 @@ class ResRLTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # noqa: ANN001, ANN202
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        # An infinite reward would make its group's advantages NaN or astronomically large: treat it as unscorable
+        # (NaN, which TRL leaves out of the group baseline and gives a zero advantage), and count it.
+        infinite = torch.isinf(rewards_per_func)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["resrl/nonfinite_rewards"].append(float(infinite.any(dim=1).sum()))
+        rewards_per_func = rewards_per_func.masked_fill(infinite, float("nan"))
         self._last_rewards_per_func = rewards_per_func  # gathered over all processes, shape (N_total, F)
         return rewards_per_func
 
@@ -188,10 +203,32 @@ class ResRLTrainer(GRPOTrainer):
         elif method == "resrl_pos_only":  # no token weights: the positive scaling is all there is, per sequence
             advantages = output["advantages"]
             output["advantages"] = torch.where(is_positive, advantages * self.args.resrl_pos_weight, advantages)
+        # A non-finite advantage (a reward function's NaN or inf, say) would turn the whole loss into NaN: such a
+        # completion takes no part in the update, and is counted.
+        finite = torch.isfinite(output["advantages"])
+        self._metrics[mode]["resrl/nonfinite_advantages"].append(float((~finite).sum()))
+        output["advantages"] = torch.where(finite, output["advantages"], 0.0)
         if self._rollout_subspaces:
             all_positive = rewards > self.args.resrl_positive_threshold
             self._build_rollout_subspaces(output, all_positive, group_size, captured or None, mode)
+        self._drop_stale_input_grad_hooks()
         return output
+
+    def _drop_stale_input_grad_hooks(self) -> None:
+        """Remove the input-embedding hooks that each gradient-checkpointing disable/enable cycle leaves behind.
+
+        TRL switches gradient checkpointing off around its no-grad forwards; transformers' enable registers a new
+        ``make_inputs_require_grads`` hook on the input embeddings every time, while its disable removes them only for
+        PEFT models, so a full fine-tuning run gains two hooks per step. The hooks transformers currently tracks are
+        kept; the stale copies go.
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        current = {handle.id for handle in getattr(model, "_require_grads_hooks", None) or []}
+        for module in model.modules():
+            for hook_id, hook in list(module._forward_hooks.items()):
+                if getattr(hook, "__name__", "") == "make_inputs_require_grads" and hook_id not in current:
+                    del module._forward_hooks[hook_id]
 
     # --- Rollout-time subspaces (resrl_subspace="rollout"). ---
 
@@ -432,3 +469,77 @@ class ResRLTrainer(GRPOTrainer):
             metrics["resrl/skipped_groups"].append(s.skipped_groups)
             metrics["resrl/positives"].append(s.positives)
             metrics["resrl/negatives"].append(s.negatives)
+
+    # --- Faults: a non-finite loss skips its optimiser step instead of corrupting the weights. ---
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if not model.training or bool(torch.isfinite(loss)):
+            return loss
+        logger.warning(
+            "ResRL: the loss of this micro-batch is %s; its optimiser step is skipped (the weights stay unchanged)",
+            loss.item(),
+        )
+        self._skip_optimizer_step = True
+        self._metrics["train"]["resrl/nonfinite_losses"].append(1.0)
+        # A zero that still reaches every trainable parameter, so backward (and DDP's gradient hooks) run as usual.
+        return sum((p.view(-1)[:1] * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+    def create_optimizer(self, model=None):  # noqa: ANN001, ANN201
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        take_step = optimizer.step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if getattr(self, "_skip_optimizer_step", False):
+                self._skip_optimizer_step = False
+                return None
+            return take_step(*args, **kwargs)
+
+        optimizer.step = step
+        return optimizer
+
+    # --- Checkpoints: ResRL's state travels with them, and a checkpoint appears only once complete. ---
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        run_dir = self._get_output_dir(trial=trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(staging, folder), ignore_errors=True)  # left by a save that was killed
+        self.accelerator.wait_for_everyone()
+        # Transformers writes into <run_dir>/<folder>: point it at the staging directory, which resuming ignores.
+        self._get_output_dir = lambda trial=None: staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            target = os.path.join(run_dir, folder)
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, folder), target)  # one atomic rename publishes the whole checkpoint
+            best = self.state.best_model_checkpoint
+            if best and best.startswith(staging):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self.args.should_save:
+            state = {"generations": self._generations}
+            with open(os.path.join(output_dir, RESRL_STATE_FILE), "w") as handle:
+                json.dump(state, handle)
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = os.path.join(checkpoint, RESRL_STATE_FILE) if checkpoint else None
+        if path and os.path.isfile(path):
+            with open(path) as handle:
+                self._generations = {**self._generations, **json.load(handle)["generations"]}
