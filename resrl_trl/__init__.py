@@ -1,15 +1,25 @@
 """resrl-trl: ResRL (ICML 2026) for Hugging Face TRL."""
 
-from .config import ResRLConfig
-from .residual import compute_residual_weights, residual_token_weights, think_span_mask
-from .trainer import ResRLTrainer
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ResRLConfig",
-    "ResRLTrainer",
-    "compute_residual_weights",
-    "residual_token_weights",
-    "think_span_mask",
-]
+# Imported on first use, so that light modules (the answer-checking worker, the maths) do not pull in TRL and torch.
+_EXPORTS = {
+    "ResRLConfig": ".config",
+    "ResRLTrainer": ".trainer",
+    "compute_residual_weights": ".residual",
+    "residual_token_weights": ".residual",
+    "think_span_mask": ".residual",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'resrl_trl' has no attribute {name!r}")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .data import load_math_dataset
 from .metrics import pass_at_k, summarize
 from .models import load_model_and_tokenizer
-from .rewards import score_answer
+from .rewards import math_reward
 
 __all__ = ["evaluate", "main", "pass_at_k"]
 
@@ -188,7 +188,7 @@ def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
                 for run in runs:
                     texts = sampler.sample(row["prompt"], index, run[0], len(run))
                     for sample_index, text in zip(run, texts, strict=True):
-                        answer, reward = score_answer(text, row["solution"])
+                        answer, reward, _ = math_reward.check(text, row["solution"])  # bounded in time, memory
                         record = {
                             "problem_id": str(index),
                             "sample_index": sample_index,

@@ -17,7 +17,7 @@ from typing import Any
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 from math_verify.parser import NormalizationConfig
 
-__all__ = ["LengthScaledReward", "completion_text", "math_reward", "score_answer"]
+__all__ = ["LengthScaledReward", "MathReward", "completion_text", "math_reward", "score_answer"]
 
 # LaTeX answers as TRL's accuracy_reward reads them: boxed first, only inside LaTeX anchors
 LATEX_EXTRACTION = LatexExtractionConfig(
@@ -26,9 +26,9 @@ LATEX_EXTRACTION = LatexExtractionConfig(
 LAST_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 
 
-def completion_text(completion: Any) -> str:
-    """The text of one completion: a string, or TRL's conversational form (a list of messages)."""
-    if isinstance(completion, str):
+def completion_text(completion: Any) -> str | bytes:
+    """The text of one completion: a string (or raw bytes), or TRL's conversational form (a list of messages)."""
+    if isinstance(completion, (str, bytes)):
         return completion
     if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
         return str(completion[-1].get("content") or "")
@@ -67,15 +67,44 @@ def score_answer(text: str, reference: str) -> tuple[str, float | None]:
     return extracted, float(verify(gold, answer, timeout_seconds=verify_timeout))
 
 
-def math_reward(completions: list[Any], solution: list[str], **kwargs: Any) -> list[float | None]:
-    """1.0 when the completion's final answer equals ``solution`` (math-verify), else 0.0.
+class MathReward:
+    """1.0 when the completion's final answer equals ``solution`` (:func:`score_answer`), else 0.0.
 
-    ``None`` (unscorable, so TRL leaves the completion out) when the reference itself cannot be parsed.
+    ``None`` (unscorable, so TRL leaves the completion out) when the reference itself cannot be parsed. Every check
+    runs in a :class:`~resrl_trl.answer_check.BoundedChecker` worker process, bounded in time and memory: a completion
+    built to hang or exhaust the parser (deep nesting, huge powers, 100k characters), an empty one or one with invalid
+    bytes scores 0 and is counted in ``faults`` by kind (``timeout``, ``error``, ``empty``), and training goes on.
     """
-    return [
-        score_answer(completion_text(completion), reference)[1]
-        for completion, reference in zip(completions, solution, strict=True)
-    ]
+
+    __name__ = "math_reward"
+
+    def __init__(self, timeout_s: float = 5.0, memory_mb: int = 2048, max_chars: int = 4000) -> None:
+        self.settings = dict(timeout_s=timeout_s, memory_mb=memory_mb, max_chars=max_chars)
+        self._checker: Any = None  # started on first use: importing this module costs nothing
+
+    @property
+    def checker(self) -> Any:
+        if self._checker is None:
+            from .answer_check import BoundedChecker
+
+            self._checker = BoundedChecker(**self.settings)
+        return self._checker
+
+    @property
+    def faults(self) -> dict[str, int]:
+        return dict(self._checker.faults) if self._checker is not None else {}
+
+    def check(self, completion: Any, reference: str) -> tuple[str, float | None, str]:
+        """``(extracted answer, reward, status)`` of one completion; see :class:`BoundedChecker`."""
+        return self.checker.check(completion_text(completion), reference)
+
+    def __call__(self, completions: list[Any], solution: list[str], **kwargs: Any) -> list[float | None]:
+        results = [self.check(c, reference) for c, reference in zip(completions, solution, strict=True)]
+        return [None if status == "unparsable_reference" else reward for _, reward, status in results]
+
+
+math_reward = MathReward()
+"""The default maths reward (a :class:`MathReward` with a 5 s, 2 GiB bound per completion)."""
 
 
 class LengthScaledReward:

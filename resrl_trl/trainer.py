@@ -167,8 +167,23 @@ class ResRLTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["resrl/nonfinite_rewards"].append(float(infinite.any(dim=1).sum()))
         rewards_per_func = rewards_per_func.masked_fill(infinite, float("nan"))
+        self._log_answer_check_faults(mode)
         self._last_rewards_per_func = rewards_per_func  # gathered over all processes, shape (N_total, F)
         return rewards_per_func
+
+    def _log_answer_check_faults(self, mode: str) -> None:
+        """Completions the reward functions could not check normally (time-outs, parser errors, empty), per step."""
+        seen = getattr(self, "_faults_seen", {})
+        for func in self.reward_funcs:
+            faults = getattr(func, "faults", None)
+            if not isinstance(faults, dict):
+                continue
+            name = getattr(func, "__name__", type(func).__name__)
+            for kind in ("timeout", "error", "empty"):
+                total = faults.get(kind, 0)
+                self._metrics[mode][f"resrl/answer_check_{kind}"].append(float(total - seen.get((name, kind), 0)))
+                seen[(name, kind)] = total
+        self._faults_seen = seen
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         # Reuse the hidden states of the no-grad forward TRL runs over the rollout (old log-probs) when it runs one.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from test_trainer import make_trainer
 from transformers import TrainerCallback
 
 from resrl_trl import ResRLTrainer
+from resrl_trl.rewards import MathReward
 from resrl_trl.trainer import STAGING_DIR
 
 CHECKPOINTED = dict(max_steps=4, save_strategy="steps", save_steps=2, resrl_rank=4)
@@ -151,3 +153,51 @@ def test_long_run_memory_is_flat_and_hooks_do_not_accumulate(tmp_path, tokenizer
     assert {h for _, h in samples.values()} == {before + 1}
     growth_mb = samples[200][0] - samples[50][0]
     assert growth_mb < 20, f"peak RSS grew by {growth_mb:.1f} MB over 150 steps"
+
+
+HOSTILE = {
+    "power tower": r"The final answer is $\boxed{9^{9^{9^{9^{9}}}}}$",
+    "huge factorial": r"$\boxed{(10^{10})!}$",
+    "deep nesting": r"\boxed{" + "(" * 1500 + "1" + ")" * 1500 + "}",
+    "100k characters": "7 + 5 = " + "1" * 100_000,
+    "empty": "",
+    "invalid UTF-8": b"\xff\xfe\xfa the answer is 12",
+    "truncated": r"So we get \boxed{1",
+}
+
+
+def test_hostile_completions_are_bounded_and_counted():
+    """Completions built to hang or exhaust the parser score 0 and are counted; normal answers still score, also
+    when the checks run off the main thread (where math-verify's own signal-based time-outs cannot work)."""
+    reward = MathReward(timeout_s=2.0, memory_mb=1024)
+    results = {name: reward.check(text, "12") for name, text in HOSTILE.items()}
+    assert results["power tower"][1:] == (0.0, "timeout")
+    assert results["huge factorial"][1:] == (0.0, "timeout")
+    assert results["deep nesting"][1:] == (0.0, "timeout")
+    assert results["100k characters"][1] == 0.0 and len(results["100k characters"][0]) <= 200
+    assert results["empty"][1:] == (0.0, "empty")
+    assert results["invalid UTF-8"][1:] == (1.0, "ok")  # the bytes are replaced, the answer is still read
+    assert results["truncated"][1] == 0.0
+    assert reward.faults == {"timeout": 3, "empty": 1}
+    from_thread: list = []
+    worker = threading.Thread(
+        target=lambda: from_thread.append(reward(["The answer is 12.", HOSTILE["power tower"]], ["12", "12"]))
+    )
+    worker.start()
+    worker.join()
+    assert from_thread == [[1.0, 0.0]] and reward.faults["timeout"] == 4
+
+
+def test_training_goes_on_through_a_hanging_answer_check(tmp_path, tokenizer, prompts_dataset):
+    class OneHostileCompletion(MathReward):
+        def __call__(self, completions, solution, **kwargs):
+            completions = [HOSTILE["power tower"], *completions[1:]]
+            return super().__call__(completions, ["12"] * len(completions))
+
+    reward = OneHostileCompletion(timeout_s=1.0, memory_mb=1024)
+    trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, max_steps=2)
+    trainer.reward_funcs = [reward]
+    trainer.reward_func_names = ["math_reward"]
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(history) == 2 and all(h["resrl/answer_check_timeout"] == 1 for h in history)
