@@ -127,6 +127,16 @@ class ResRLConfig(GRPOConfig):
         problems = []
         if self.advantage_mode not in ADVANTAGE_MODES:
             problems.append(f"advantage_mode must be one of {list(ADVANTAGE_MODES)}, got {self.advantage_mode!r}")
+        if not self.w_reinforce_lambda >= 0.0:
+            problems.append(
+                f"w_reinforce_lambda must be >= 0 (the reward of a correct sample), got {self.w_reinforce_lambda}"
+            )
+        if self.advantage_mode in USES_TOKEN_WEIGHTS and self.loss_type == "vespo":
+            problems.append(
+                "loss_type='vespo' picks its per-sequence shaping from the sign of each sequence's advantage and does "
+                "not take ResRL's per-token advantages; use loss_type 'dapo' (TRL's default), 'grpo', 'dr_grpo', "
+                "'bnpo', 'cispo', 'sapo' or 'luspo', or advantage_mode 'grpo'"
+            )
         if self.resrl_rank < 1:
             problems.append(f"resrl_rank must be >= 1, got {self.resrl_rank}")
         if self.resrl_max_pos_tokens < 4:

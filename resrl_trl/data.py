@@ -62,13 +62,15 @@ def arithmetic_dataset(split: str = "train", size: int | None = None, seed: int 
 
 
 def _ground_truth(value: Any) -> str:
+    if value is None:
+        return ""  # reported by check_rows, with the row's index
     if isinstance(value, dict):
         if "target" not in value:
             raise ValueError(f"reward_model.ground_truth is a dict without 'target' (keys: {sorted(value)})")
         value = value["target"]
     if isinstance(value, list | tuple):  # some verl files hold a list of acceptable answers
-        value = value[0]
-    return str(value)
+        value = value[0] if value else ""
+    return "" if value is None else str(value)
 
 
 def to_prompt_solution(dataset: Dataset) -> Dataset:
@@ -81,7 +83,7 @@ def to_prompt_solution(dataset: Dataset) -> Dataset:
         def from_verl(row: dict[str, Any]) -> dict[str, Any]:
             reward_model = row["reward_model"]
             if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
-                raise ValueError("a verl row needs reward_model = {'ground_truth': ...}")
+                return {"prompt": [], "solution": ""}  # reported by check_rows, with the row's index
             prompt = row["prompt"]
             if isinstance(prompt, str):
                 prompt = [{"role": "user", "content": prompt}]
@@ -124,4 +126,23 @@ def load_math_dataset(name_or_path: str, split: str = "train", config: str | Non
         dataset = load_dataset(name_or_path, config, split=split)
     if len(dataset) == 0:
         raise ValueError(f"dataset {name_or_path} (split {split!r}) has no rows")
-    return to_prompt_solution(dataset)
+    return check_rows(to_prompt_solution(dataset), name_or_path)
+
+
+def check_rows(dataset: Dataset, name: str = "the dataset") -> Dataset:
+    """Refuse, before training starts, rows that cannot be trained on: an empty prompt, a message without text, an
+    empty reference answer. The error lists the first offending rows and what is wrong with each."""
+    problems = []
+    for index, row in enumerate(dataset):
+        prompt, solution = row["prompt"], row["solution"]
+        if not _is_messages(prompt) or not prompt:
+            problems.append(f"row {index}: the prompt is not a non-empty list of messages")
+        elif not all(isinstance(m["content"], str) and m["content"].strip() for m in prompt):
+            problems.append(f"row {index}: a prompt message has no text")
+        if not isinstance(solution, str) or not solution.strip():
+            problems.append(f"row {index}: no reference answer (empty, missing or null)")
+        if len(problems) >= 5:
+            break
+    if problems:
+        raise ValueError(f"{name} has rows that cannot be used (fix or drop them):\n  - " + "\n  - ".join(problems))
+    return dataset

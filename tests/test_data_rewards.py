@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -96,3 +97,22 @@ def test_length_scaled_reward():
     assert got == pytest.approx([1.0, 0.85, 0.7, 0.7, 0.0])
     with pytest.raises(ValueError):
         LengthScaledReward(math_reward, start_length=20, max_length=10)
+
+
+def test_malformed_rows_are_refused_before_training_with_their_indices(tmp_path):
+    rows = [
+        {"problem": "What is 1 + 1?", "answer": "2"},
+        {"problem": "What is 2 + 2?", "answer": None},
+        {"problem": "", "answer": "3"},
+        {"problem": "What is 3 + 3?", "answer": "  "},
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match=r"row 1: no reference answer(.|\n)*row 2: a prompt message has no text"):
+        load_math_dataset(str(path))
+    verl = pd.DataFrame(
+        {"prompt": [[{"role": "user", "content": "What is 1 + 1?"}]] * 2, "reward_model": [{"ground_truth": "2"}, {}]}
+    )
+    verl.to_parquet(tmp_path / "verl.parquet")
+    with pytest.raises(ValueError, match="row 1: no reference answer"):
+        load_math_dataset(str(tmp_path / "verl.parquet"))

@@ -325,6 +325,10 @@ def test_tool_output_is_neither_weighted_nor_used_for_the_basis(tmp_path, tokeni
     [
         (dict(per_device_train_batch_size=2, steps_per_generation=2, resrl_subspace="step"), "multiple of num_gen"),
         (dict(resrl_subspace="batch"), "resrl_subspace must be"),
+        (dict(loss_type="vespo"), "does not take ResRL's per-token advantages"),
+        (dict(w_reinforce_lambda=-0.5), "w_reinforce_lambda must be >= 0"),
+        (dict(resrl_pca_niter=-1), "resrl_pca_niter"),
+        (dict(advantage_mode="ppo"), "advantage_mode must be one of"),
         (dict(resrl_rank=0), "resrl_rank"),
         (dict(resrl_q_low=0.9, resrl_q_high=0.5), "resrl_q_low < resrl_q_high"),
         (dict(resrl_min_weight=1.5), "resrl_min_weight"),
