@@ -55,6 +55,13 @@ def parity_reward(completions, **kwargs) -> list[float]:
     return [float(len(t) % 2 == 0) for t in texts]
 
 
+def checksum_reward(completions, **kwargs) -> list[float]:
+    """A reward that stays mixed within groups even when every completion hits the length limit: the parity of the
+    sum of the character codes."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(sum(map(ord, t)) % 2 == 0) for t in texts]
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()

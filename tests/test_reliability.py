@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+from conftest import checksum_reward
 from test_trainer import make_trainer
 from transformers import TrainerCallback
 
@@ -132,8 +133,15 @@ def test_non_finite_hidden_states_and_rewards_never_reach_the_weights(tmp_path, 
 
 def test_long_run_memory_is_flat_and_hooks_do_not_accumulate(tmp_path, tokenizer, prompts_dataset):
     trainer = make_trainer(
-        tmp_path, tokenizer, prompts_dataset, max_steps=200, logging_steps=10, max_completion_length=8
+        tmp_path,
+        tokenizer,
+        prompts_dataset,
+        max_steps=200,
+        logging_steps=10,
+        max_completion_length=8,
+        learning_rate=1e-6,  # slow enough that groups stay mixed, so ResRL's weights run on every step
     )
+    trainer.reward_funcs, trainer.reward_func_names = [checksum_reward], ["checksum_reward"]
     model = trainer.model
     samples: dict[int, tuple[float, int]] = {}
 
@@ -151,6 +159,7 @@ def test_long_run_memory_is_flat_and_hooks_do_not_accumulate(tmp_path, tokenizer
     assert sorted(samples) == [50, 100, 150, 200]
     # ResRL's hook lives only inside each training forward; training adds transformers' one input-grad hook.
     assert {h for _, h in samples.values()} == {before + 1}
+    assert all(h["resrl/mixed_group_frac"] > 0 for h in trainer.state.log_history if "resrl/mixed_group_frac" in h)
     growth_mb = samples[200][0] - samples[50][0]
     assert growth_mb < 20, f"peak RSS grew by {growth_mb:.1f} MB over 150 steps"
 
