@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
+from test_trainer import COMMON  # noqa: E402
 
 import resrl_trl.trainer as trainer_module  # noqa: E402
 from resrl_trl import ResRLConfig, ResRLTrainer  # noqa: E402
@@ -60,20 +61,12 @@ def main() -> None:
     tokenizer = make_tokenizer()
     args = ResRLConfig(
         output_dir=str(out / "run"),
-        use_cpu=True,
-        report_to="none",
-        num_generations=4,
-        per_device_train_batch_size=opts.per_device_train_batch_size,
-        resrl_subspace=opts.resrl_subspace,
-        resrl_rank=4,  # a truncated randomised PCA: its random start matters
-        max_completion_length=10,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        learning_rate=1e-2,
-        seed=0,
-        beta=0.0,
-        bf16=False,
+        **{
+            **COMMON,  # the single-process tests' settings
+            "per_device_train_batch_size": opts.per_device_train_batch_size,
+            "resrl_subspace": opts.resrl_subspace,
+            "resrl_rank": 4,  # a truncated randomised PCA: its random start matters
+        },
     )
     trainer = RecordingTrainer(
         model=make_model(tokenizer),
