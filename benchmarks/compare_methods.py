@@ -139,6 +139,8 @@ def main() -> None:
     Path(opts.results).write_text(
         RESULTS.format(
             table=table,
+            pooled=pooled_table(summaries, opts.seeds, opts.num_samples),
+            work=opts.work_dir,
             train_rows=train_rows,
             commands="\n".join(commands),
             steps=opts.max_steps,
@@ -151,16 +153,39 @@ def main() -> None:
     print(table)
 
 
+def pooled_table(summaries: dict[str, str], seeds: list[int], n: int) -> str:
+    """Per method: each metric's mean over seeds, and its value in each seed (in %)."""
+    metrics = [(f"Avg@{n}", lambda s: s[f"avg@{n}"]["mean"])] + [
+        (f"Pass@{k}", lambda s, k=k: s["pass@k"][str(k)]["mean"]) for k in (1, 4, n)
+    ]
+    header = "| method | " + " | ".join(name for name, _ in metrics) + " |"
+    rows = [header, "| --- |" + " ---: |" * len(metrics)]
+    for method in ("base", *METHODS):
+        runs = [json.loads(Path(summaries[f"{method}-seed{seed}"]).read_text()) for seed in seeds]
+        cells = []
+        for _, read in metrics:
+            values = [100 * read(run) for run in runs]
+            cells.append(f"{sum(values) / len(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})")
+        rows.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 RESULTS = """# Results: GRPO, NSR, W-REINFORCE and ResRL on the built-in arithmetic task
 
-Produced by `python benchmarks/compare_methods.py --seeds {seeds} --max_steps {steps} --max_problems {problems}`
-(all figures below are that script's output).
+Produced by `python benchmarks/compare_methods.py --seeds {seeds} --max_steps {steps} --max_problems {problems}
+--work_dir {work}` (all figures below are that script's output).
 
 Setting: the embedded SmolLM2-135M-Instruct with LoRA (r=16), `recipes/configs/demo.yaml` (2 prompts x 8
 completions per step, lr 5e-4, temperature 0.7, completions of at most {tokens} tokens), {steps} training steps per
 method, on 2 CPU cores. Only `--advantage_mode` differs between methods. Evaluation: the held-out arithmetic `test`
 split (disjoint from training), the first {problems} problems, n = {n} samples per problem at temperature 0.7,
-scored by the training reward. Values in % (diversity: per problem) with 95% bootstrap intervals over problems.
+scored by the training reward. Values in %.
+
+Mean over seeds (each seed's value in brackets):
+
+{pooled}
+
+Each run, with 95% bootstrap intervals over problems (diversity: per problem):
 
 {table}
 
