@@ -126,7 +126,11 @@ def test_rollout_mode_trains_with_micro_batches_of_one(tmp_path, tokenizer, prom
 
 
 @pytest.mark.parametrize("mode", ["step", "rollout"])
-def test_both_placements_refuse_nothing_with_whole_groups(tmp_path, tokenizer, prompts_dataset, mode):
-    trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, resrl_subspace=mode, max_steps=1)
+def test_both_placements_train_with_whole_groups(tmp_path, tokenizer, prompts_dataset, mode):
+    trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, resrl_subspace=mode, max_steps=2)
     trainer.train()
     assert trainer.args.resrl_subspace == mode
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    weighted = [h["resrl/neg_token_weight_mean"] for h in history if h["resrl/mixed_group_frac"] > 0]
+    assert weighted and all(0.1 <= w < 1.0 for w in weighted)  # real token weights, not all 1
