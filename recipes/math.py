@@ -25,7 +25,7 @@ from trl.rewards import accuracy_reward
 
 from resrl_trl import ResRLConfig, ResRLTrainer
 from resrl_trl.data import load_math_dataset
-from resrl_trl.models import load_model_and_tokenizer
+from resrl_trl.models import load_model_and_tokenizer, plain_model_folder
 from resrl_trl.rewards import LengthScaledReward, math_reward
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
@@ -60,9 +60,12 @@ def main(script_args: MathScriptArguments, training_args: ResRLConfig, model_arg
     )
     if script_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    model_path, gguf_file = model_args.model_name_or_path, script_args.gguf_file
+    if training_args.use_vllm:  # vLLM loads the policy's folder (model.name_or_path), never a GGUF
+        model_path, gguf_file = plain_model_folder(model_path, gguf_file), None
     model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path,
-        script_args.gguf_file,
+        model_path,
+        gguf_file,
         dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
         revision=model_args.model_revision,

