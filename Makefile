@@ -46,7 +46,7 @@ test: install
 
 # The vLLM tests alone: vLLM's CPU build pins its threads to the cores and slows down badly beside another job.
 test-vllm: install-vllm
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VLLM_CPU_ENV) $(VLLM_VENV)/bin/python -m pytest -q tests/vllm
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VLLM_CPU_ENV) $(VLLM_VENV)/bin/python -m pytest -q tests/with_vllm
 
 lint: install
 	$(VENV)/bin/ruff check resrl_trl recipes tests benchmarks

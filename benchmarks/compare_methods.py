@@ -40,8 +40,33 @@ def run(argv: list[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
+def summaries_from_results(text: str) -> tuple[list[str], list[dict]]:
+    """Labels and Pass@k summaries (means and 95% intervals) read back from the per-run table of a results page this
+    script wrote, so its picture can be drawn again without the evaluation folders."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header_index = next(i for i, line in enumerate(lines) if "Pass@2" in line)
+    header = [cell.strip() for cell in lines[header_index].strip("|").split("|")]
+    labels, summaries = [], []
+    for line in lines[header_index + 2 :]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) != len(header) or "[" not in cells[1]:
+            break
+        pass_at_k = {}
+        for name, cell in zip(header, cells, strict=True):
+            if name.startswith("Pass@"):
+                mean, interval = cell.split(" [")
+                low, high = interval.rstrip("]").split(", ")
+                pass_at_k[name[5:]] = {"mean": float(mean) / 100, "ci95": [float(low) / 100, float(high) / 100]}
+        labels.append(cells[0])
+        summaries.append({"pass@k": pass_at_k})
+    return labels, summaries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--replot", action="store_true", help="only draw docs/results_pass_at_k.png again from the results page"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--max_steps", type=int, default=20)
     parser.add_argument("--num_samples", type=int, default=16)
@@ -51,6 +76,11 @@ def main() -> None:
     parser.add_argument("--results", default="docs/results.md")
     opts = parser.parse_args()
     os.chdir(ROOT)  # every path below, and in the commands written to the results, is relative to the repository
+    if opts.replot:
+        from resrl_trl.plot import plot_pass_at_k
+
+        plot_pass_at_k(*reversed(summaries_from_results(Path(opts.results).read_text())), "docs/results_pass_at_k.png")
+        return
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

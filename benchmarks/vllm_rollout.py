@@ -6,9 +6,9 @@ Both variants train the embedded SmolLM2-135M-Instruct (full fine-tuning, fp32 p
 same settings (2 prompts x 8 completions of up to 64 tokens per step), one after the other in this process,
 alternating for ``--rounds`` rounds so that drift of the machine hits both alike. The rollout time is the time of
 ``_generate_and_score_completions`` (generation, rewards, advantages, ResRL's group bookkeeping, vLLM's weight sync);
-the step time is TRL's logged ``step_time``. The first step of each run (engine start, warm-up) is left out. vLLM's
-CPU build needs the weight-sync shim of the tests (tests/vllm/cpu_shim.py); run nothing else meanwhile: vLLM pins its
-threads to the cores. The last line printed is one JSON object with every figure.
+the step time is TRL's logged ``step_time``. The first step of each run (engine start, warm-up) is left out.
+vLLM's CPU build needs the weight-sync shim of the tests (tests/with_vllm/cpu_shim.py); run nothing else meanwhile:
+vLLM pins its threads to the cores. The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "vllm"))  # the CPU shim: test-only, never part of the training path
+sys.path.insert(0, str(REPO / "tests" / "with_vllm"))  # the CPU shim: test-only, never part of the training path
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 

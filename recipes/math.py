@@ -2,10 +2,13 @@
 
     accelerate launch recipes/math.py                                     # the offline CPU demo
     accelerate launch recipes/math.py --max_steps 2                       # a smoke run of it
+    accelerate launch recipes/math.py --resume_from_checkpoint true       # continue from the latest checkpoint
     accelerate launch --config_file recipes/accelerate/zero3.yaml recipes/math.py \
         --config recipes/configs/qwen3_4b_math.yaml                       # the paper-aligned run
 
-Without ``--config``, recipes/configs/demo.yaml supplies the defaults; any flag overrides a YAML value.
+Without ``--config``, recipes/configs/demo.yaml supplies the defaults; any flag overrides a YAML value. The run writes
+``metrics.jsonl`` and ``training_curves.png`` into ``output_dir``. A bad setting stops the run before training with one
+message (``accelerate launch -q`` leaves out accelerate's own report of the failed command).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from trl import GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_c
 from trl.rewards import accuracy_reward
 
 from resrl_trl import ResRLConfig, ResRLTrainer
-from resrl_trl.data import load_math_dataset
+from resrl_trl.callbacks import CURVES_FILE, METRICS_FILE, TrainingCurvesCallback
+from resrl_trl.data import cut_long_prompts, load_math_dataset
 from resrl_trl.models import load_model_and_tokenizer, plain_model_folder
 from resrl_trl.rewards import LengthScaledReward, math_reward
 
@@ -48,9 +52,16 @@ class MathScriptArguments(ScriptArguments):
     length_scale_start: int = field(default=3500, metadata={"help": "Tokens up to which rewards are not scaled."})
     length_scale_end: float = field(default=0.7, metadata={"help": "Reward scale at max_completion_length."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cut longer prompts (chat template applied) from the left to this many tokens (paper: 2048)."
+        },
+    )
 
 
-def main(script_args: MathScriptArguments, training_args: ResRLConfig, model_args: ModelConfig) -> None:
+def setup(script_args: MathScriptArguments, training_args: ResRLConfig, model_args: ModelConfig) -> GRPOTrainer:
+    """The trainer the arguments describe; every bad setting is found here, before training starts."""
     if script_args.trainer_cls not in TRAINERS:
         raise ValueError(f"--trainer_cls must be one of {sorted(TRAINERS)}, got {script_args.trainer_cls!r}")
     if script_args.reward not in REWARDS:
@@ -70,29 +81,51 @@ def main(script_args: MathScriptArguments, training_args: ResRLConfig, model_arg
         attn_implementation=model_args.attn_implementation,
         revision=model_args.model_revision,
     )
+    if script_args.max_prompt_length is not None:
+        train_dataset, cut = cut_long_prompts(
+            train_dataset, tokenizer, script_args.max_prompt_length, training_args.chat_template_kwargs
+        )
+        print(f"{cut} of {len(train_dataset)} prompts cut to {script_args.max_prompt_length} tokens")
     reward = REWARDS[script_args.reward]
     if script_args.length_scaled_reward:
         reward = LengthScaledReward(
             reward, script_args.length_scale_start, training_args.max_completion_length, script_args.length_scale_end
         )
-    trainer = TRAINERS[script_args.trainer_cls](
+    return TRAINERS[script_args.trainer_cls](
         model=model,
         reward_funcs=reward,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        callbacks=[TrainingCurvesCallback("GRPO" if script_args.trainer_cls == "GRPOTrainer" else None)],
     )
-    trainer.train()
+
+
+def resume_target(value: str | None) -> str | bool | None:
+    """``--resume_from_checkpoint``: a checkpoint folder, or ``true`` for the latest one in ``output_dir``."""
+    if value is None or value.lower() in ("", "false", "no"):
+        return None
+    return True if value.lower() in ("true", "yes", "latest") else value
+
+
+def main(script_args: MathScriptArguments, training_args: ResRLConfig, model_args: ModelConfig) -> None:
+    train(setup(script_args, training_args, model_args), training_args)
+
+
+def train(trainer: GRPOTrainer, training_args: ResRLConfig) -> None:
+    """Train (resuming if asked), save the model, and say where the run's files are."""
+    trainer.train(resume_from_checkpoint=resume_target(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
+    if not trainer.accelerator.is_main_process:
+        return
     rewards = [log["reward"] for log in trainer.state.log_history if "reward" in log]
-    if len(rewards) >= 2 and trainer.accelerator.is_main_process:
+    if len(rewards) >= 2:
         span = max(1, len(rewards) // 3)
         first, last = sum(rewards[:span]) / span, sum(rewards[-span:]) / span
-        print(
-            f"mean reward: first {span} steps {first:.3f} -> last {span} steps {last:.3f}; saved to "
-            f"{training_args.output_dir}"
-        )
+        print(f"mean reward: first {span} steps {first:.3f} -> last {span} steps {last:.3f}")
+    out = Path(training_args.output_dir)
+    print(f"model saved to {out}; metrics: {out / METRICS_FILE}; training curves: {out / CURVES_FILE}")
 
 
 def parse_args(argv: list[str]) -> tuple[MathScriptArguments, ResRLConfig, ModelConfig]:
@@ -102,5 +135,17 @@ def parse_args(argv: list[str]) -> tuple[MathScriptArguments, ResRLConfig, Model
     return parser.parse_args_and_config(argv)
 
 
+def run(argv: list[str]) -> None:
+    """Parse, set up and train; a bad setting ends the run with one message on the first process, not a traceback."""
+    try:
+        arguments = parse_args(argv)
+        trainer = setup(*arguments)
+    except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as error:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"recipes/math.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    train(trainer, arguments[1])
+
+
 if __name__ == "__main__":
-    main(*parse_args(sys.argv[1:]))
+    run(sys.argv[1:])

@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ResRLConfig": ".config",
     "ResRLTrainer": ".trainer",
+    "TrainingCurvesCallback": ".callbacks",
     "compute_residual_weights": ".residual",
     "residual_token_weights": ".residual",
     "think_span_mask": ".residual",

@@ -19,7 +19,7 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
-__all__ = ["ARITHMETIC", "arithmetic_dataset", "load_math_dataset", "to_prompt_solution"]
+__all__ = ["ARITHMETIC", "arithmetic_dataset", "cut_long_prompts", "load_math_dataset", "to_prompt_solution"]
 
 ARITHMETIC = "arithmetic"
 QUESTION_COLUMNS = ("problem", "question", "prompt")
@@ -146,3 +146,44 @@ def check_rows(dataset: Dataset, name: str = "the dataset") -> Dataset:
     if problems:
         raise ValueError(f"{name} has rows that cannot be used (fix or drop them):\n  - " + "\n  - ".join(problems))
     return dataset
+
+
+def _templated_length(tokenizer: Any, messages: list[dict[str, str]], template_kwargs: dict[str, Any]) -> int:
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **template_kwargs)
+    return len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def cut_long_prompts(
+    dataset: Dataset, tokenizer: Any, max_tokens: int, chat_template_kwargs: dict[str, Any] | None = None
+) -> tuple[Dataset, int]:
+    """Prompts of at most ``max_tokens`` tokens once the chat template is applied; returns the rows and how many
+    were cut.
+
+    As the reference run cuts an over-long prompt from the left, a longer prompt here loses the start of its
+    messages' text, first message first, until it fits. Unlike a cut of the templated token sequence, the template's
+    own tokens (the role headers) are kept, so the model still sees a well-formed conversation.
+    """
+    template_kwargs = chat_template_kwargs or {}
+
+    def cut(row: dict[str, Any]) -> dict[str, Any]:
+        messages = [dict(m) for m in row["prompt"]]
+        index, rounds = 0, 0
+        while (excess := _templated_length(tokenizer, messages, template_kwargs) - max_tokens) > 0:
+            rounds += 1
+            if index == len(messages) or rounds > 4 * len(messages) + 4:
+                raise ValueError(
+                    f"a prompt cannot be cut to max_prompt_length={max_tokens} tokens: the chat template alone is "
+                    "longer; raise max_prompt_length"
+                )
+            ids = tokenizer.encode(messages[index]["content"], add_special_tokens=False)
+            if excess >= len(ids):
+                messages[index]["content"], index = "", index + 1
+            else:  # measured again: decoding and encoding again can merge tokens differently
+                messages[index]["content"] = tokenizer.decode(ids[excess:])
+        return {"prompt": messages, "prompt_was_cut": messages != row["prompt"]}
+
+    if not dataset or not isinstance(dataset[0]["prompt"], list):
+        raise ValueError("cut_long_prompts needs conversational prompts (a list of {role, content} messages)")
+    cut_rows = dataset.map(cut, desc="cutting long prompts")
+    count = sum(cut_rows["prompt_was_cut"])
+    return cut_rows.remove_columns("prompt_was_cut"), count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, uns
 
 from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
 from .config import ResRLConfig
+from .model_card import RESRL_PAPER, append_settings
 from .residual import (
     SINGLE_PROCESS,
     Collective,
@@ -116,6 +118,8 @@ class ResRLTrainer(GRPOTrainer):
     """
 
     _tag_names = ["trl", "resrl"]
+    _name = "ResRL"
+    _paper = RESRL_PAPER
 
     def __init__(self, model: Any, reward_funcs: Any, args: ResRLConfig | None = None, **kwargs: Any) -> None:
         if args is None:
@@ -144,6 +148,7 @@ class ResRLTrainer(GRPOTrainer):
         self._last_rewards_per_func: torch.Tensor | None = None
         self._group_subspaces: dict[str, GroupSubspaces] = {}  # per mode, from the latest generation
         self._rollout_hidden: list[torch.Tensor] | None = None  # filled while TRL's rollout forward runs
+        self._token_sums: dict[str, torch.Tensor] = {}  # per mode: weight, energy, alignment sums and token count
 
     def _resolve_think_markers(self) -> tuple[list[int], list[int]]:
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
@@ -472,18 +477,27 @@ class ResRLTrainer(GRPOTrainer):
 
     def _log_residual_stats(self, stats: ResidualStats) -> None:
         totals = self.accelerator.reduce(torch.stack(list(stats)), reduction="sum")
-        s = ResidualStats(*totals.tolist())
         mode = "train" if self.model.training else "eval"
-        metrics = self._metrics[mode]
-        tokens = max(s.weighted_tokens, 1.0)
-        metrics["resrl/neg_token_weight_mean"].append(s.weight_sum / tokens)
-        metrics["resrl/residual_energy_mean"].append(s.energy_sum / tokens)
-        metrics["resrl/neg_alignment_mean"].append(s.alignment_sum / tokens)
+        # Token statistics are summed over the micro-batches and turned into means over all weighted tokens when
+        # logged (see log): a micro-batch without weighted tokens must not count as a mean of 0.
+        self._token_sums[mode] = self._token_sums.get(mode, 0) + totals[:4].double().cpu()
         if not self._rollout_subspaces:  # else logged once per rollout, for whole groups
+            s = ResidualStats(*totals.tolist())
+            metrics = self._metrics[mode]
             metrics["resrl/mixed_group_frac"].append(s.mixed_groups / max(s.groups, 1.0))
             metrics["resrl/skipped_groups"].append(s.skipped_groups)
             metrics["resrl/positives"].append(s.positives)
             metrics["resrl/negatives"].append(s.negatives)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        sums = self._token_sums.pop(mode, None)
+        if sums is not None and sums[3] > 0:  # no weighted token since the last log: no mean to report
+            weight_sum, energy_sum, alignment_sum, tokens = sums.tolist()
+            self._metrics[mode]["resrl/neg_token_weight_mean"] = [weight_sum / tokens]
+            self._metrics[mode]["resrl/residual_energy_mean"] = [energy_sum / tokens]
+            self._metrics[mode]["resrl/neg_alignment_mean"] = [alignment_sum / tokens]
+        super().log(logs, start_time)
 
     # --- Faults: a non-finite loss skips its optimiser step instead of corrupting the weights. ---
 
@@ -513,6 +527,24 @@ class ResRLTrainer(GRPOTrainer):
         optimizer.step = step
         return optimizer
 
+    # --- Saved models carry a card that names ResRL and lists its settings. ---
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:  # noqa: ANN001
+        super().create_model_card(model_name, dataset_name, tags)
+        if self.is_world_process_zero():
+            append_settings(os.path.join(self.args.output_dir, "README.md"), self.args)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if not self.args.should_save:
+            return
+        # PEFT and transformers write an empty template card; TRL's card (written to output_dir) replaces it.
+        self.create_model_card(model_name=os.path.basename(os.path.normpath(self.args.output_dir)))
+        card = os.path.join(self.args.output_dir, "README.md")
+        folder = output_dir or self.args.output_dir
+        if os.path.abspath(folder) != os.path.abspath(self.args.output_dir):
+            shutil.copyfile(card, os.path.join(folder, "README.md"))
+
     # --- Checkpoints: ResRL's state travels with them, and a checkpoint appears only once complete. ---
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
@@ -534,6 +566,8 @@ class ResRLTrainer(GRPOTrainer):
             if os.path.isdir(target):
                 shutil.rmtree(target)
             os.replace(os.path.join(staging, folder), target)  # one atomic rename publishes the whole checkpoint
+            with contextlib.suppress(OSError):  # left only while a save is under way; never holds a finished one
+                os.rmdir(staging)
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging):
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))

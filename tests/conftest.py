@@ -16,7 +16,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
 # The vLLM tests run in their own environment (make test-vllm): elsewhere they are not collected.
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["with_vllm"]
 
 SPECIALS = ["<pad>", "</s>", "<unk>", "<user>", "<assistant>", "<system>"]
 

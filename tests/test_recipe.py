@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -76,18 +79,77 @@ def test_recipe_trains_a_local_model_with_lora_and_saves_the_adapter(tmp_path, t
     adapter = load_file(out / "adapter_model.safetensors")
     lora_b = [t for name, t in adapter.items() if "lora_B" in name]
     assert lora_b and any(t.abs().max() > 0 for t in lora_b) == (mode == "nsr")
+    # the run's metrics, its training curves, and a model card that names the method
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "loss" in r] == [1, 2] and all("reward" in r for r in logged if "loss" in r)
+    assert (out / "training_curves.png").stat().st_size > 10_000
+    card = (out / "README.md").read_text()
+    if trainer_cls == "ResRLTrainer":
+        assert "ResRL" in card and "2605.00380" in card and "| `advantage_mode` | `nsr` |" in card
+    assert not (out / ".resrl-staging").exists()
 
 
-def test_paper_config_parses_to_the_reference_defaults():
-    recipe = load_recipe()
-    config = str(RECIPE.parent / "configs" / "qwen3_4b_math.yaml")
-    script_args, args, model_args = recipe.parse_args(["--config", config, "--use_cpu", "true"])  # no GPU here
-    assert model_args.model_name_or_path == "Qwen/Qwen3-4B" and script_args.length_scaled_reward
-    assert (args.num_generations, args.per_device_train_batch_size, args.beta) == (4, 4, 0.0)
-    assert (args.learning_rate, args.temperature, args.max_completion_length) == (1e-6, 0.6, 4096)
-    assert (args.resrl_rank, args.resrl_min_weight, args.resrl_pos_weight, args.resrl_hidden_layer) == (
-        64,
-        0.1,
-        0.1,
-        -2,
+def run_recipe(*flags: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """The recipe as a user runs it (accelerate launch), in its own process."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/cpu.yaml"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run(
+        [*command, *launcher, "recipes/math.py", *flags],
+        cwd=RECIPE.parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
     )
+
+
+def step_losses(output_dir: Path) -> dict[int, float]:
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+
+
+def test_recipe_resumes_from_a_checkpoint(tmp_path, tokenizer):
+    """Stopped after step 2 (its checkpoint saved), resumed with --resume_from_checkpoint true: steps 3-4 repeat the
+    uninterrupted run's losses, checkpoint-2 is left as it was, and metrics.jsonl holds each step once."""
+    model_dir = tmp_path / "model"
+    make_model(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    common = [
+        *("--model_name_or_path", str(model_dir), "--advantage_mode", "nsr", "--num_generations", "4"),
+        *("--per_device_train_batch_size", "8", "--max_completion_length", "8", "--lr_scheduler_type", "constant"),
+        *("--save_strategy", "steps", "--save_steps", "2", "--lora_target_modules", "q_proj", "v_proj"),
+    ]
+    whole = run_recipe(*common, "--max_steps", "4", "--output_dir", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    stopped = run_recipe(*common, "--max_steps", "2", "--output_dir", str(tmp_path / "parts"))
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    checkpoint = tmp_path / "parts" / "checkpoint-2"
+    before = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in checkpoint.iterdir() if f.is_file()}
+    resumed = run_recipe(
+        *common, "--max_steps", "4", "--output_dir", str(tmp_path / "parts"), "--resume_from_checkpoint", "true"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Continuing training from checkpoint" in resumed.stdout + resumed.stderr
+    full, parts = step_losses(tmp_path / "whole"), step_losses(tmp_path / "parts")
+    assert sorted(parts) == [1, 2, 3, 4] and any(full.values())
+    for step in (3, 4):
+        assert parts[step] == pytest.approx(full[step], abs=1e-6)
+    after = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in checkpoint.iterdir() if f.is_file()}
+    assert after == before
+    assert (tmp_path / "parts" / "checkpoint-4").is_dir() and not (tmp_path / "parts" / ".resrl-staging").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--trainer_cls", "PPOTrainer"], "--trainer_cls must be one of"),
+        (["--resrl_q_low", "0.9", "--resrl_q_high", "0.1"], "resrl_q_low"),
+        (["--dataset_name", "no/such.parquet"], "no/such.parquet"),
+    ],
+)
+def test_a_bad_setting_is_one_message(flags, message):
+    """One line from the recipe, no traceback of its own; `accelerate launch -q` adds none of accelerate's either."""
+    result = run_recipe(*flags, launcher=("-q",))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("recipes/math.py: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

@@ -134,3 +134,22 @@ def test_both_placements_train_with_whole_groups(tmp_path, tokenizer, prompts_da
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     weighted = [h["resrl/neg_token_weight_mean"] for h in history if h["resrl/mixed_group_frac"] > 0]
     assert weighted and all(0.1 <= w < 1.0 for w in weighted)  # real token weights, not all 1
+
+
+def test_logged_token_metrics_are_token_means_in_both_placements(tmp_path, tokenizer, prompts_dataset):
+    """The same completions and weights log the same values: micro-batches without weighted tokens (frequent with
+    half-group micro-batches) must not count as a mean of 0."""
+    keys = ("resrl/neg_token_weight_mean", "resrl/residual_energy_mean", "resrl/neg_alignment_mean", "reward")
+    logged = {}
+    for name, batch in {
+        "step": {"per_device_train_batch_size": 8},
+        "rollout": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4},
+    }.items():
+        trainer = make_trainer(tmp_path / name, tokenizer, prompts_dataset, max_steps=2, resrl_rank=4, **batch)
+        trainer.train()
+        assert trainer.args.resrl_subspace == name
+        logged[name] = [{k: h.get(k) for k in keys} for h in trainer.state.log_history if "loss" in h]
+    assert len(logged["step"]) == 2 and any(h["resrl/neg_token_weight_mean"] for h in logged["step"])
+    for step, rollout in zip(logged["step"], logged["rollout"], strict=True):
+        for key in keys:
+            assert rollout[key] == pytest.approx(step[key], abs=1e-4), key

@@ -1,0 +1,64 @@
+"""What a saved ResRL model's card says beyond TRL's own: the paper, and the ResRL and GRPO settings of the run."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RESRL_PAPER", "append_settings", "settings_table"]
+
+RESRL_PAPER = {
+    "title": "ResRL: Boosting LLM Reasoning via Negative Sample Projection Residual Reinforcement Learning",
+    "id": "2605.00380",
+    "citation": textwrap.dedent("""\
+        @inproceedings{lin2026resrl,
+            title        = {{ResRL: Boosting LLM Reasoning via Negative Sample Projection Residual
+                             Reinforcement Learning}},
+            author       = {Lin and others},
+            booktitle    = {International Conference on Machine Learning (ICML)},
+            year         = 2026,
+            eprint       = {arXiv:2605.00380},
+        }"""),
+}
+
+# GRPO settings that shape what ResRL sees (group size, batch layout) or how its advantages are used (the loss).
+CONTEXT_FIELDS = (
+    "num_generations",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "loss_type",
+    "epsilon",
+    "delta",
+    "beta",
+    "learning_rate",
+    "temperature",
+    "max_completion_length",
+    "use_vllm",
+    "vllm_importance_sampling_correction",
+    "seed",
+)
+HEADING = "## ResRL settings"
+
+
+def settings_table(args: Any) -> str:
+    """A Markdown table of the run's ResRL fields (``advantage_mode``, ``w_reinforce_lambda``, ``resrl_*``) and the
+    GRPO fields that matter to it."""
+    names = [f.name for f in dataclasses.fields(args)]
+    resrl = [n for n in names if n.startswith("resrl_") or n in ("advantage_mode", "w_reinforce_lambda")]
+    rows = [f"| `{name}` | `{getattr(args, name)}` |" for name in resrl + [n for n in CONTEXT_FIELDS if n in names]]
+    return "\n".join(["| setting | value |", "| --- | --- |", *rows])
+
+
+def append_settings(card: str | Path, args: Any) -> None:
+    """Add (or replace) the settings section at the end of a model card."""
+    path = Path(card)
+    text = path.read_text() if path.exists() else ""
+    text = text.split(f"\n{HEADING}\n")[0].rstrip("\n")
+    section = (
+        f"{HEADING}\n\nTrained with ResRL ([arXiv {RESRL_PAPER['id']}](https://arxiv.org/abs/{RESRL_PAPER['id']})) "
+        f"through resrl-trl's `ResRLTrainer`, a subclass of TRL's `GRPOTrainer`.\n\n{settings_table(args)}\n"
+    )
+    path.write_text(f"{text}\n\n{section}" if text else section)
