@@ -37,7 +37,7 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile
 install-vllm: $(VLLM_VENV)/.installed
 
 demo: install
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/accelerate launch \
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VENV)/bin/accelerate launch -q \
 		--config_file recipes/accelerate/cpu.yaml recipes/math.py $(ARGS)
 
 test: install

@@ -128,7 +128,6 @@ def test_recipe_resumes_from_a_checkpoint(tmp_path, tokenizer):
         *common, "--max_steps", "4", "--output_dir", str(tmp_path / "parts"), "--resume_from_checkpoint", "true"
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Continuing training from checkpoint" in resumed.stdout + resumed.stderr
     full, parts = step_losses(tmp_path / "whole"), step_losses(tmp_path / "parts")
     assert sorted(parts) == [1, 2, 3, 4] and any(full.values())
     for step in (3, 4):
@@ -150,6 +149,6 @@ def test_a_bad_setting_is_one_message(flags, message):
     """One line from the recipe, no traceback of its own; `accelerate launch -q` adds none of accelerate's either."""
     result = run_recipe(*flags, launcher=("-q",))
     assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("recipes/math.py: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-3000:]
+    parts = result.stderr.split("recipes/math.py: error:")
+    assert len(parts) == 2 and message in parts[1], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
