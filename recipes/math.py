@@ -52,6 +52,9 @@ class MathScriptArguments(ScriptArguments):
     length_scale_start: int = field(default=3500, metadata={"help": "Tokens up to which rewards are not scaled."})
     length_scale_end: float = field(default=0.7, metadata={"help": "Reward scale at max_completion_length."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
+    drop_unusable_rows: bool = field(
+        default=False, metadata={"help": "Leave out rows without a prompt or a reference answer instead of stopping."}
+    )
     max_prompt_length: int | None = field(
         default=None,
         metadata={
@@ -67,7 +70,11 @@ def setup(script_args: MathScriptArguments, training_args: ResRLConfig, model_ar
     if script_args.reward not in REWARDS:
         raise ValueError(f"--reward must be one of {sorted(REWARDS)}, got {script_args.reward!r}")
     train_dataset = load_math_dataset(
-        script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config, training_args.seed
+        script_args.dataset_name,
+        script_args.dataset_train_split,
+        script_args.dataset_config,
+        training_args.seed,
+        drop_unusable_rows=script_args.drop_unusable_rows,
     )
     if script_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))

@@ -112,8 +112,17 @@ def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value)
 
 
-def load_math_dataset(name_or_path: str, split: str = "train", config: str | None = None, seed: int = 0) -> Dataset:
-    """Load ``name_or_path`` (``"arithmetic"``, a local file, or a Hub id) as ``prompt`` + ``solution`` rows."""
+def load_math_dataset(
+    name_or_path: str,
+    split: str = "train",
+    config: str | None = None,
+    seed: int = 0,
+    drop_unusable_rows: bool = False,
+) -> Dataset:
+    """Load ``name_or_path`` (``"arithmetic"``, a local file, or a Hub id) as ``prompt`` + ``solution`` rows.
+
+    Rows that cannot be trained on (see :func:`check_rows`) are refused, or left out with ``drop_unusable_rows``.
+    """
     if name_or_path == ARITHMETIC:
         return arithmetic_dataset(split, seed=seed)
     path = Path(name_or_path)
@@ -126,25 +135,36 @@ def load_math_dataset(name_or_path: str, split: str = "train", config: str | Non
         dataset = load_dataset(name_or_path, config, split=split)
     if len(dataset) == 0:
         raise ValueError(f"dataset {name_or_path} (split {split!r}) has no rows")
-    return check_rows(to_prompt_solution(dataset), name_or_path)
+    return check_rows(to_prompt_solution(dataset), name_or_path, drop=drop_unusable_rows)
 
 
-def check_rows(dataset: Dataset, name: str = "the dataset") -> Dataset:
+def _row_problem(row: dict[str, Any]) -> str | None:
+    prompt, solution = row["prompt"], row["solution"]
+    if not _is_messages(prompt) or not prompt:
+        return "the prompt is not a non-empty list of messages"
+    if not all(isinstance(m["content"], str) and m["content"].strip() for m in prompt):
+        return "a prompt message has no text"
+    if not isinstance(solution, str) or not solution.strip():
+        return "no reference answer (empty, missing or null)"
+    return None
+
+
+def check_rows(dataset: Dataset, name: str = "the dataset", drop: bool = False) -> Dataset:
     """Refuse, before training starts, rows that cannot be trained on: an empty prompt, a message without text, an
-    empty reference answer. The error lists the first offending rows and what is wrong with each."""
-    problems = []
-    for index, row in enumerate(dataset):
-        prompt, solution = row["prompt"], row["solution"]
-        if not _is_messages(prompt) or not prompt:
-            problems.append(f"row {index}: the prompt is not a non-empty list of messages")
-        elif not all(isinstance(m["content"], str) and m["content"].strip() for m in prompt):
-            problems.append(f"row {index}: a prompt message has no text")
-        if not isinstance(solution, str) or not solution.strip():
-            problems.append(f"row {index}: no reference answer (empty, missing or null)")
-        if len(problems) >= 5:
-            break
+    empty reference answer. The error lists the first offending rows and what is wrong with each. With ``drop``,
+    such rows are left out instead (and counted in a printed line)."""
+    problems = [(index, problem) for index, row in enumerate(dataset) if (problem := _row_problem(row))]
+    if problems and drop:
+        bad = {index for index, _ in problems}
+        print(f"{name}: left out {len(bad)} of {len(dataset)} rows that cannot be used")
+        return dataset.select([i for i in range(len(dataset)) if i not in bad])
     if problems:
-        raise ValueError(f"{name} has rows that cannot be used (fix or drop them):\n  - " + "\n  - ".join(problems))
+        listed = "\n  - ".join(f"row {index}: {problem}" for index, problem in problems[:5])
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise ValueError(
+            f"{name} has {len(problems)} rows that cannot be used:\n  - {listed}{more}\nFix them, or leave them out "
+            "with drop_unusable_rows=True (recipe: --drop_unusable_rows true)"
+        )
     return dataset
 
 

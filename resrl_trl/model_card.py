@@ -52,10 +52,17 @@ def settings_table(args: Any) -> str:
     return "\n".join(["| setting | value |", "| --- | --- |", *rows])
 
 
-def append_settings(card: str | Path, args: Any) -> None:
-    """Add (or replace) the settings section at the end of a model card."""
+def append_settings(card: str | Path, args: Any, base_model: str | None = None) -> None:
+    """Add (or replace) the settings section at the end of a model card.
+
+    TRL's card names a base model only when it is a Hub id; for a local one (the embedded GGUF, a folder) it writes
+    "None" links, which are replaced here by ``base_model`` (the name the model was loaded from) and the card's folder.
+    """
     path = Path(card)
     text = path.read_text() if path.exists() else ""
+    if base_model:
+        text = text.replace("[None](https://huggingface.co/None)", f"`{base_model}`")
+    text = text.replace('model="None"', f'model="{path.parent}"')
     text = text.split(f"\n{HEADING}\n")[0].rstrip("\n")
     section = (
         f"{HEADING}\n\nTrained with ResRL ([arXiv {RESRL_PAPER['id']}](https://arxiv.org/abs/{RESRL_PAPER['id']})) "

@@ -532,7 +532,9 @@ class ResRLTrainer(GRPOTrainer):
     def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:  # noqa: ANN001
         super().create_model_card(model_name, dataset_name, tags)
         if self.is_world_process_zero():
-            append_settings(os.path.join(self.args.output_dir, "README.md"), self.args)
+            model = self.accelerator.unwrap_model(self.model)
+            base = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+            append_settings(os.path.join(self.args.output_dir, "README.md"), self.args, base)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

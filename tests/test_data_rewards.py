@@ -33,6 +33,15 @@ def test_verl_parquet_with_target_dict():
     assert dataset[0]["prompt"][-1]["role"] == "user" and dataset[0]["solution"]
 
 
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data is not beside the repository")
+def test_math_train_rows_without_answers_are_refused_or_left_out():
+    path = str(SHARED_DATA / "math" / "train.parquet")
+    with pytest.raises(ValueError, match=r"has 4 rows that cannot be used(.|\n)*row 5341(.|\n)*drop_unusable_rows"):
+        load_math_dataset(path)
+    dataset = load_math_dataset(path, drop_unusable_rows=True)
+    assert len(dataset) == 7500 - 4 and all(s.strip() for s in dataset["solution"])
+
+
 def test_verl_string_ground_truth_and_problem_answer_forms(tmp_path):
     verl = tmp_path / "verl.parquet"
     pd.DataFrame(
