@@ -121,7 +121,9 @@ class ResRLTrainer(GRPOTrainer):
     _name = "ResRL"
     _paper = RESRL_PAPER
 
-    def __init__(self, model: Any, reward_funcs: Any, args: ResRLConfig | None = None, **kwargs: Any) -> None:
+    def __init__(self, model: Any, reward_funcs: Any = None, args: ResRLConfig | None = None, **kwargs: Any) -> None:
+        # reward_funcs may be omitted when an environment owns the reward (TRL's environment_factory): TRL then adds
+        # the environment's reward as a reward function of weight 1, and ResRL reads it like any other.
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = ResRLConfig(f"{str(name).split('/')[-1]}-ResRL")

@@ -30,12 +30,21 @@ COMMON = dict(
 )
 
 
-def make_trainer(tmp_path, tokenizer, dataset, cls=ResRLTrainer, model=None, peft_config=None, **overrides):
+def make_trainer(
+    tmp_path,
+    tokenizer,
+    dataset,
+    cls=ResRLTrainer,
+    model=None,
+    peft_config=None,
+    reward_funcs=parity_reward,
+    **overrides,
+):
     config_cls = ResRLConfig if cls is ResRLTrainer else GRPOConfig
     args = config_cls(output_dir=str(tmp_path / cls.__name__), **{**COMMON, **overrides})
     trainer = cls(
         model=model if model is not None else make_model(tokenizer),
-        reward_funcs=parity_reward,
+        reward_funcs=reward_funcs,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
