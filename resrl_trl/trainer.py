@@ -12,10 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
 from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
 from .config import ResRLConfig
@@ -30,6 +27,15 @@ from .residual import (
     group_stream_seed,
     project_onto_group_subspaces,
     think_span_mask,
+)
+from .trl_compat import (
+    PREFIX_CHECKPOINT_DIR,
+    check_trl_internals,
+    disable_gradient_checkpointing,
+    rotate_checkpoints,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
 )
 
 logger = logging.getLogger(__name__)
@@ -132,6 +138,7 @@ class ResRLTrainer(GRPOTrainer):
                 f"ResRLTrainer needs a ResRLConfig, got {type(args).__name__}; build the arguments with "
                 "resrl_trl.ResRLConfig (it takes every GRPOConfig field)"
             )
+        check_trl_internals()  # a TRL release that moved what ResRL hooks into fails here, naming what moved
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._resrl_layer = (  # only the token-weight modes read hidden states
             decoder_layer_for_hidden_state(self.model, args.resrl_hidden_layer)
