@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import shutil
 from typing import Any
@@ -28,21 +26,17 @@ from .residual import (
     project_onto_group_subspaces,
     think_span_mask,
 )
+from .safety import SafeTrainingMixin
 from .trl_compat import (
-    PREFIX_CHECKPOINT_DIR,
     check_trl_internals,
     disable_gradient_checkpointing,
-    rotate_checkpoints,
     split_pixel_values_by_grid,
     split_tensor_dict,
     unsplit_pixel_values_by_grid,
 )
 
-logger = logging.getLogger(__name__)
-
 GROUP_IDS_KEY = "resrl_group_ids"
 RESRL_STATE_FILE = "resrl_state.json"
-STAGING_DIR = ".resrl-staging"
 IS_POSITIVE_KEY = "resrl_is_positive"
 
 
@@ -102,7 +96,7 @@ def decoder_layer_for_hidden_state(model: nn.Module, hidden_layer: int) -> nn.Mo
     return blocks[0][index - 1]
 
 
-class ResRLTrainer(GRPOTrainer):
+class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
     """Trainer for ResRL (Lin et al., "ResRL: Boosting LLM Reasoning via Negative Sample Projection Residual
     Reinforcement Learning", ICML 2026, https://arxiv.org/abs/2605.00380).
 
@@ -175,29 +169,8 @@ class ResRLTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # noqa: ANN001, ANN202
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        # An infinite reward would make its group's advantages NaN or astronomically large: treat it as unscorable
-        # (NaN, which TRL leaves out of the group baseline and gives a zero advantage), and count it.
-        infinite = torch.isinf(rewards_per_func)
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["resrl/nonfinite_rewards"].append(float(infinite.any(dim=1).sum()))
-        rewards_per_func = rewards_per_func.masked_fill(infinite, float("nan"))
-        self._log_answer_check_faults(mode)
         self._last_rewards_per_func = rewards_per_func  # gathered over all processes, shape (N_total, F)
         return rewards_per_func
-
-    def _log_answer_check_faults(self, mode: str) -> None:
-        """Completions the reward functions could not check normally (time-outs, parser errors, empty), per step."""
-        seen = getattr(self, "_faults_seen", {})
-        for func in self.reward_funcs:
-            faults = getattr(func, "faults", None)
-            if not isinstance(faults, dict):
-                continue
-            name = getattr(func, "__name__", type(func).__name__)
-            for kind in ("timeout", "error", "empty"):
-                total = faults.get(kind, 0)
-                self._metrics[mode][f"resrl/answer_check_{kind}"].append(float(total - seen.get((name, kind), 0)))
-                seen[(name, kind)] = total
-        self._faults_seen = seen
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         # Reuse the hidden states of the no-grad forward TRL runs over the rollout (old log-probs) when it runs one.
@@ -240,24 +213,7 @@ class ResRLTrainer(GRPOTrainer):
         if self._rollout_subspaces:
             all_positive = rewards > self.args.resrl_positive_threshold
             self._build_rollout_subspaces(output, all_positive, group_size, captured or None, mode)
-        self._drop_stale_input_grad_hooks()
         return output
-
-    def _drop_stale_input_grad_hooks(self) -> None:
-        """Remove the input-embedding hooks that each gradient-checkpointing disable/enable cycle leaves behind.
-
-        TRL switches gradient checkpointing off around its no-grad forwards; transformers' enable registers a new
-        ``make_inputs_require_grads`` hook on the input embeddings every time, while its disable removes them only for
-        PEFT models, so a full fine-tuning run gains two hooks per step. The hooks transformers currently tracks are
-        kept; the stale copies go.
-        """
-        model = self.accelerator.unwrap_model(self.model)
-        model = model.get_base_model() if hasattr(model, "get_base_model") else model
-        current = {handle.id for handle in getattr(model, "_require_grads_hooks", None) or []}
-        for module in model.modules():
-            for hook_id, hook in list(module._forward_hooks.items()):
-                if getattr(hook, "__name__", "") == "make_inputs_require_grads" and hook_id not in current:
-                    del module._forward_hooks[hook_id]
 
     # --- Rollout-time subspaces (resrl_subspace="rollout"). ---
 
@@ -508,34 +464,6 @@ class ResRLTrainer(GRPOTrainer):
             self._metrics[mode]["resrl/neg_alignment_mean"] = [alignment_sum / tokens]
         super().log(logs, start_time)
 
-    # --- Faults: a non-finite loss skips its optimiser step instead of corrupting the weights. ---
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if not model.training or bool(torch.isfinite(loss)):
-            return loss
-        logger.warning(
-            "ResRL: the loss of this micro-batch is %s; its optimiser step is skipped (the weights stay unchanged)",
-            loss.item(),
-        )
-        self._skip_optimizer_step = True
-        self._metrics["train"]["resrl/nonfinite_losses"].append(1.0)
-        # A zero that still reaches every trainable parameter, so backward (and DDP's gradient hooks) run as usual.
-        return sum((p.view(-1)[:1] * 0.0).sum() for p in model.parameters() if p.requires_grad)
-
-    def create_optimizer(self, model=None):  # noqa: ANN001, ANN201
-        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
-        take_step = optimizer.step
-
-        def step(*args: Any, **kwargs: Any) -> Any:
-            if getattr(self, "_skip_optimizer_step", False):
-                self._skip_optimizer_step = False
-                return None
-            return take_step(*args, **kwargs)
-
-        optimizer.step = step
-        return optimizer
-
     # --- Saved models carry a card that names ResRL and lists its settings. ---
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:  # noqa: ANN001
@@ -556,39 +484,7 @@ class ResRLTrainer(GRPOTrainer):
         if os.path.abspath(folder) != os.path.abspath(self.args.output_dir):
             shutil.copyfile(card, os.path.join(folder, "README.md"))
 
-    # --- Checkpoints: ResRL's state travels with them, and a checkpoint appears only once complete. ---
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        run_dir = self._get_output_dir(trial=trial)
-        staging = os.path.join(run_dir, STAGING_DIR)
-        folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        if self.args.should_save:
-            shutil.rmtree(os.path.join(staging, folder), ignore_errors=True)  # left by a save that was killed
-        self.accelerator.wait_for_everyone()
-        # Transformers writes into <run_dir>/<folder>: point it at the staging directory, which resuming ignores.
-        self._get_output_dir = lambda trial=None: staging
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            target = os.path.join(run_dir, folder)
-            if os.path.isdir(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(staging, folder), target)  # one atomic rename publishes the whole checkpoint
-            with contextlib.suppress(OSError):  # left only while a save is under way; never holds a finished one
-                os.rmdir(staging)
-            best = self.state.best_model_checkpoint
-            if best and best.startswith(staging):
-                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
-            rotate_checkpoints(
-                output_dir=run_dir,
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
-        self.accelerator.wait_for_everyone()
+    # --- Checkpoints: ResRL's random-stream state travels with them (SafeTrainingMixin makes them atomic). ---
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)

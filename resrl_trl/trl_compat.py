@@ -18,6 +18,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
 
 __all__ = [
+    "ACCELERATE_SKIPPED_STEP_FLAG",
     "PREFIX_CHECKPOINT_DIR",
     "TESTED_TRL",
     "check_trainer_state",
@@ -69,6 +70,9 @@ ATTRIBUTES = (
 )
 # Keys of the rollout batch (the output of _generate_and_score_completions) that ResRL reads.
 BATCH_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages")
+# accelerate's AcceleratedOptimizer attribute behind `Accelerator.optimizer_step_was_skipped`, which transformers reads
+# to leave the learning-rate scheduler alone after a skipped optimiser step.
+ACCELERATE_SKIPPED_STEP_FLAG = "_is_overflow"
 # Per-mode metric lists that GRPOTrainer.log averages.
 METRIC_MODES = ("train", "eval")
 
@@ -84,8 +88,14 @@ def _report(problems: list[str]) -> None:
 
 def check_trl_internals(trainer_cls: type = GRPOTrainer) -> None:
     """Raise a ``RuntimeError`` naming every method of :data:`METHODS` that is missing or whose leading parameters
-    changed."""
+    changed, and accelerate's skipped-step flag if it moved."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
     problems = []
+    if not isinstance(getattr(AcceleratedOptimizer, "step_was_skipped", None), property):
+        problems.append(
+            "accelerate's AcceleratedOptimizer.step_was_skipped is gone (a skipped step skips the schedule)"
+        )
     for name, (expected, why) in METHODS.items():
         method = getattr(trainer_cls, name, None)
         if not callable(method):

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from resrl_trl import ResRLTrainer
 from resrl_trl.rewards import MathReward
-from resrl_trl.trainer import STAGING_DIR
+from resrl_trl.safety import STAGING_DIR
 
 CHECKPOINTED = dict(max_steps=4, save_strategy="steps", save_steps=2, resrl_rank=4)
 
@@ -126,6 +126,10 @@ def test_non_finite_hidden_states_and_rewards_never_reach_the_weights(tmp_path, 
     history = {h["step"]: h for h in trainer.state.log_history if "loss" in h}
     assert history[2]["resrl/skipped_groups"] >= 1
     assert history[2]["resrl/nonfinite_losses"] == 1
+    # the skipped step skipped the learning-rate schedule too (linear decay moves at every real step; each step logs
+    # the rate it was taken with)
+    rates = [history[step]["learning_rate"] for step in (1, 2, 3, 4)]
+    assert rates[0] > rates[1] == rates[2] > rates[3]
     assert history[3]["resrl/nonfinite_rewards"] == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert torch.isfinite(torch.tensor(history[4]["loss"]))
