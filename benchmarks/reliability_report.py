@@ -20,9 +20,8 @@ import torch
 from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import checksum_reward, make_prompts_dataset, make_tokenizer  # noqa: E402
+from conftest import checksum_reward, make_prompts_dataset, make_tokenizer, make_trainer  # noqa: E402
 from test_reliability import CHECKPOINTED, HOSTILE, KillAtStep, Killed, losses  # noqa: E402
-from test_trainer import make_trainer  # noqa: E402
 
 from resrl_trl.rewards import MathReward  # noqa: E402
 

@@ -24,7 +24,7 @@ from datasets import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_model, make_tokenizer, parity_reward  # noqa: E402
 
-import resrl_trl.trainer as trainer_module  # noqa: E402
+import resrl_trl.placement as placement_module  # noqa: E402
 from resrl_trl import ResRLConfig, ResRLTrainer  # noqa: E402
 
 
@@ -52,7 +52,7 @@ def main() -> None:
         gradient_checkpointing=True,
     )
     captured: list[tuple] = []
-    real = trainer_module.compute_residual_weights
+    real = placement_module.compute_residual_weights
 
     def spy(hidden, valid, group_ids, is_positive, **kwargs):
         result = real(hidden, valid, group_ids, is_positive, **kwargs)
@@ -68,7 +68,7 @@ def main() -> None:
             inputs_seen.append({k: v for k, v in inputs.items()})
         return original_compute_loss(self, model, inputs)
 
-    trainer_module.compute_residual_weights = spy
+    placement_module.compute_residual_weights = spy
     ResRLTrainer._compute_loss = record_inputs
     trainer = ResRLTrainer(
         model=model, reward_funcs=parity_reward, args=args, train_dataset=dataset, processing_class=tokenizer

@@ -143,7 +143,7 @@ def run_variant(opts: argparse.Namespace) -> dict:
         if resrl and not whole:  # once per generation: the group's subspace from all its completions
             sync(opts.device)
             start = time.perf_counter()
-            trainer._build_rollout_subspaces(group, group["resrl_is_positive"], opts.group_size, None, "train")
+            trainer._placement.finish_rollout(group, group["resrl_is_positive"], opts.group_size, "train")
             sync(opts.device)
             timings["build_s"].append(time.perf_counter() - start)
         for part in parts:
@@ -181,7 +181,8 @@ def time_weights_alone(trainer, engine, group: dict, opts: argparse.Namespace) -
 
     rows = torch.arange(opts.group_size, device=opts.device)
     with torch.no_grad():
-        hidden = trainer._completion_hidden_states(group, rows, num_chunks=opts.group_size // opts.part_size)
+        num_chunks = opts.group_size // opts.part_size
+        hidden = trainer._placement._completion_hidden_states(group, rows, num_chunks=num_chunks)
     valid, ids, positive = group["completion_mask"].bool(), group["resrl_group_ids"], group["resrl_is_positive"]
     subspaces, _ = build_group_subspaces(hidden, valid, ids, positive, num_groups=1, group_seed=0)
     calls = {

@@ -8,36 +8,23 @@ import shutil
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from trl import GRPOTrainer
 
 from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
 from .config import ResRLConfig
 from .model_card import RESRL_PAPER, append_settings
-from .residual import (
-    SINGLE_PROCESS,
-    Collective,
-    GroupSubspaces,
-    ResidualStats,
-    build_group_subspaces,
-    compute_residual_weights,
-    group_stream_seed,
-    project_onto_group_subspaces,
-    think_span_mask,
-)
+from .placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, make_placement
+from .residual import ResidualStats, group_stream_seed, think_span_mask
 from .safety import SafeTrainingMixin
 from .trl_compat import (
     check_trl_internals,
-    disable_gradient_checkpointing,
     split_pixel_values_by_grid,
     split_tensor_dict,
     unsplit_pixel_values_by_grid,
 )
 
-GROUP_IDS_KEY = "resrl_group_ids"
 RESRL_STATE_FILE = "resrl_state.json"
-IS_POSITIVE_KEY = "resrl_is_positive"
 
 
 def shuffle_groups(batch: dict[str, Any], group_size: int) -> dict[str, Any]:
@@ -139,7 +126,7 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
             if args.advantage_mode in USES_TOKEN_WEIGHTS
             else None
         )
-        self._rollout_subspaces = args.resrl_subspace == "rollout" and self._resrl_layer is not None
+        self._placement = make_placement(self) if self._resrl_layer is not None else None
         # ResRL's randomness (positive-token subsampling, the PCA's random start) comes from one stream per group,
         # seeded from resrl_seed, the generation's index and the group's id: never from the global RNG (so the
         # sampled completions stay as under GRPOTrainer), and the same wherever the group's rows are processed.
@@ -149,8 +136,6 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         self._num_groups = {"train": 0, "eval": 0}  # groups in the latest generation (ids are 0..n-1), per mode
         self._think_markers = self._resolve_think_markers() if args.resrl_mask_think else None
         self._last_rewards_per_func: torch.Tensor | None = None
-        self._group_subspaces: dict[str, GroupSubspaces] = {}  # per mode, from the latest generation
-        self._rollout_hidden: list[torch.Tensor] | None = None  # filled while TRL's rollout forward runs
         self._token_sums: dict[str, torch.Tensor] = {}  # per mode: weight, energy, alignment sums and token count
 
     def _resolve_think_markers(self) -> tuple[list[int], list[int]]:
@@ -173,13 +158,9 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        # Reuse the hidden states of the no-grad forward TRL runs over the rollout (old log-probs) when it runs one.
-        self._rollout_hidden = [] if self._rollout_subspaces and self._trl_runs_rollout_forward() else None
-        try:
-            output = super()._generate_and_score_completions(inputs)
-            captured, self._rollout_hidden = self._rollout_hidden, None
-        finally:
-            self._rollout_hidden = None
+        if self._placement is not None:
+            self._placement.start_rollout()
+        output = super()._generate_and_score_completions(inputs)
         rewards_per_func, self._last_rewards_per_func = self._last_rewards_per_func, None
         weights = self.reward_weights.to(rewards_per_func.device)
         rewards = (rewards_per_func * weights).nansum(dim=1)
@@ -194,14 +175,13 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         local = slice(start, start + len(inputs))
         self._num_groups[mode] = len(inputs) * self.accelerator.num_processes // group_size
         device = output["completion_ids"].device
-        is_positive = (rewards[local] > self.args.resrl_positive_threshold).to(device)
+        all_positive = rewards > self.args.resrl_positive_threshold  # every process's rows
+        is_positive = all_positive[local].to(device)
         output[IS_POSITIVE_KEY] = is_positive
         output[GROUP_IDS_KEY] = torch.arange(start, start + len(inputs), device=device) // group_size
         method = self.args.advantage_mode
         if method in ("psr", "nsr", "w_reinforce"):
-            output["advantages"] = reinforce_advantages(
-                rewards[local].to(device), is_positive, method, self.args.w_reinforce_lambda
-            )
+            output["advantages"] = self._baseline_advantages(rewards, all_positive)[local].to(device)
         elif method == "resrl_pos_only":  # no token weights: the positive scaling is all there is, per sequence
             advantages = output["advantages"]
             output["advantages"] = torch.where(is_positive, advantages * self.args.resrl_pos_weight, advantages)
@@ -210,138 +190,42 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         finite = torch.isfinite(output["advantages"])
         self._metrics[mode]["resrl/nonfinite_advantages"].append(float((~finite).sum()))
         output["advantages"] = torch.where(finite, output["advantages"], 0.0)
-        if self._rollout_subspaces:
-            all_positive = rewards > self.args.resrl_positive_threshold
-            self._build_rollout_subspaces(output, all_positive, group_size, captured or None, mode)
+        self._log_sequence_advantages(rewards, all_positive)
+        if self._placement is not None:
+            self._placement.finish_rollout(output, all_positive, group_size, mode)
         return output
 
-    # --- Rollout-time subspaces (resrl_subspace="rollout"). ---
+    def _baseline_advantages(self, rewards: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+        return reinforce_advantages(rewards, positive, self.args.advantage_mode, self.args.w_reinforce_lambda)
 
-    def _trl_runs_rollout_forward(self) -> bool:
-        """Whether GRPOTrainer computes old log-probabilities over the rollout (the condition it uses itself)."""
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        return self.args.gradient_accumulation_steps % generate_every != 0 or (
-            self.use_vllm and self.vllm_importance_sampling_correction
-        )
+    def _log_sequence_advantages(self, rewards: torch.Tensor, all_positive: torch.Tensor) -> None:
+        """Show in TRL's completions table the sequence advantages the method uses (before token weights), not the
+        GRPO advantages TRL logged (for every process's rows) before ResRL replaced or scaled them."""
+        logged, count, method = self._logs["advantages"], len(rewards), self.args.advantage_mode
+        if len(logged) < count or method not in SCALES_POSITIVES | {"psr", "nsr", "w_reinforce"}:
+            return  # grpo, resrl_tokens_only: TRL's advantages are the sequence advantages
+        if method in SCALES_POSITIVES:  # resrl scales positives per token, by one factor for every token
+            trl_advantages = torch.tensor(list(logged)[-count:], dtype=torch.float32)
+            shown = torch.where(all_positive.cpu(), trl_advantages * self.args.resrl_pos_weight, trl_advantages)
+        else:
+            shown = self._baseline_advantages(rewards, all_positive).cpu()
+        for _ in range(count):
+            logged.pop()
+        logged.extend(torch.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0).tolist())
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if self._rollout_hidden is None or self._rollout_hidden:
+        if self._placement is None:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        # The first such call of a rollout is the old-log-prob forward (the reference model's, if any, comes later).
-        captured = self._rollout_hidden
-
-        def hook(module: nn.Module, hook_args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            captured.append(hidden[:, -logits_to_keep - 1 : -1].detach())
-
-        handle = self._resrl_layer.register_forward_hook(hook)
-        try:
+        with self._placement.old_logprob_forward(logits_to_keep):  # rollout placement reuses its hidden states
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-        finally:
-            handle.remove()
-
-    def _collective(self) -> Collective:
-        if self.accelerator.num_processes == 1:
-            return SINGLE_PROCESS
-
-        def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-            total = tensor.clone()
-            dist.all_reduce(total)
-            return total
-
-        return Collective(all_reduce_sum, self.accelerator.process_index, self.accelerator.num_processes)
-
-    def _completion_hidden_states(self, batch: dict[str, Any], rows: torch.Tensor, num_chunks: int) -> torch.Tensor:
-        """Hidden states at the completion positions of ``rows``, from one no-grad forward in ``num_chunks`` chunks
-        (the same number on every process, as ZeRO-3 needs; a process with fewer rows runs a throwaway chunk)."""
-        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        num_tokens = batch["completion_ids"].size(1)
-        chunk_size = max(1, -(-len(rows) // num_chunks)) if len(rows) else 1
-        chunks = list(rows.split(chunk_size)) if len(rows) else []
-        captured: list[torch.Tensor] = []
-
-        def hook(module: nn.Module, hook_args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            captured.append(hidden[:, -num_tokens - 1 : -1].detach())
-
-        # Only hidden states are wanted: run the decoder stack alone, never the LM head. (Calling the LM head module
-        # here, where the training forward only reads its weight through TRL's fused kernel, leaves ZeRO-3 unable to
-        # gather that weight again in the backward.)
-        model = self.accelerator.unwrap_model(self.model)
-        decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
-        handle = self._resrl_layer.register_forward_hook(hook)
-        try:
-            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-                for index in range(num_chunks):
-                    chunk = chunks[index] if index < len(chunks) else torch.zeros(1, dtype=torch.long)
-                    chunk = chunk.to(input_ids.device)
-                    with self.accelerator.autocast():
-                        decoder(input_ids=input_ids[chunk], attention_mask=attention_mask[chunk], use_cache=False)
-        finally:
-            handle.remove()
-        if not captured:  # no process has a mixed group: nothing will be built
-            return input_ids.new_zeros((0, num_tokens, 1), dtype=torch.float32)
-        return torch.cat(captured)[: len(rows)]  # drops the throwaway chunk's row, if any
-
-    def _build_rollout_subspaces(
-        self,
-        batch: dict[str, Any],
-        all_positive: torch.Tensor,
-        group_size: int,
-        captured: list[torch.Tensor] | None,
-        mode: str,
-    ) -> None:
-        """Build every group's subspace and quantiles from the whole rollout, whichever processes hold its rows."""
-        device = batch["completion_ids"].device
-        num_processes, local_rows = self.accelerator.num_processes, len(batch["completion_ids"])
-        num_groups = local_rows * num_processes // group_size
-        group_of = torch.arange(num_groups * group_size, device=all_positive.device) // group_size
-        positives_per_group = torch.zeros(num_groups, device=all_positive.device).index_add_(
-            0, group_of, all_positive.float()
-        )
-        mixed = (positives_per_group > 0) & (positives_per_group < group_size)
-        row_mixed = mixed[group_of].view(num_processes, local_rows)  # rewards are global: every process sees all
-        if captured is not None:
-            rows = torch.arange(local_rows, device=device)
-            hidden = torch.cat(captured)
-        else:
-            # Only the completions of mixed groups are needed; every process runs as many chunks as the busiest.
-            chunk_size = (
-                self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
-            )
-            num_chunks = int((-(-row_mixed.sum(1) // chunk_size)).max())
-            rows = row_mixed[self.accelerator.process_index].nonzero().flatten().to(device)
-            hidden = self._completion_hidden_states(batch, rows, num_chunks)
-        subspaces, stats = build_group_subspaces(
-            hidden,
-            self._valid_tokens(batch)[rows],
-            batch[GROUP_IDS_KEY][rows],
-            batch[IS_POSITIVE_KEY][rows],
-            num_groups=num_groups,
-            rank=self.args.resrl_rank,
-            max_pos_tokens=self.args.resrl_max_pos_tokens,
-            q_low=self.args.resrl_q_low,
-            q_high=self.args.resrl_q_high,
-            niter=self.args.resrl_pca_niter,
-            group_seed=self._group_seed[mode],
-            collective=self._collective(),
-        )
-        self._group_subspaces[mode] = subspaces
-        metrics = self._metrics[mode]
-        metrics["resrl/mixed_group_frac"].append(float(mixed.float().mean()))
-        metrics["resrl/skipped_groups"].append(float(mixed.sum()) - len(subspaces.group_ids))
-        metrics["resrl/positives"].append(float(all_positive.sum()))
-        metrics["resrl/negatives"].append(float((~all_positive).sum()))
-        del stats  # its group counts cover the mixed groups only; the full counts come from the rewards above
 
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
         # As GRPOTrainer._prepare_inputs, with TRL's row shuffle replaced by a shuffle of whole groups.
-        if not self.model.training or self._resrl_layer is None or self._rollout_subspaces:
+        if not self.model.training or self._placement is None or not self._placement.shuffles_groups:
             return super()._prepare_inputs(generation_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
@@ -392,37 +276,7 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         valid = self._valid_tokens(inputs)
         group_ids, is_positive, args = inputs[GROUP_IDS_KEY], inputs[IS_POSITIVE_KEY], self.args
         mode = "train" if self.model.training else "eval"
-        if self._rollout_subspaces:
-            result = project_onto_group_subspaces(
-                completion_hidden,
-                valid,
-                group_ids,
-                is_positive,
-                self._group_subspaces[mode],
-                min_weight=args.resrl_min_weight,
-            )
-        else:
-            group_sizes = torch.unique(group_ids, return_counts=True)[1]
-            expected = self.num_generations if self.model.training else self.num_generations_eval
-            if bool((group_sizes != expected).any()):
-                raise RuntimeError(
-                    f"a micro-batch holds a partial prompt group (sizes {group_sizes.tolist()}, expected {expected}); "
-                    "resrl_subspace='step' needs whole groups in each micro-batch (use resrl_subspace='rollout')"
-                )
-            result = compute_residual_weights(
-                completion_hidden,
-                valid,
-                group_ids,
-                is_positive,
-                rank=args.resrl_rank,
-                max_pos_tokens=args.resrl_max_pos_tokens,
-                q_low=args.resrl_q_low,
-                q_high=args.resrl_q_high,
-                min_weight=args.resrl_min_weight,
-                niter=args.resrl_pca_niter,
-                group_seed=self._group_seed[mode],
-                num_groups=self._num_groups[mode] or None,
-            )
+        result = self._placement.weights(completion_hidden, valid, group_ids, is_positive, mode)
         pos_weight = args.resrl_pos_weight if args.advantage_mode in SCALES_POSITIVES else 1.0
         factor = torch.where(is_positive[:, None], pos_weight, result.weights)
         advantages = inputs["advantages"]
@@ -446,7 +300,7 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         # Token statistics are summed over the micro-batches and turned into means over all weighted tokens when
         # logged (see log): a micro-batch without weighted tokens must not count as a mean of 0.
         self._token_sums[mode] = self._token_sums.get(mode, 0) + totals[:4].double().cpu()
-        if not self._rollout_subspaces:  # else logged once per rollout, for whole groups
+        if self._placement.name == "step":  # else logged once per rollout, for whole groups
             s = ResidualStats(*totals.tolist())
             metrics = self._metrics[mode]
             metrics["resrl/mixed_group_frac"].append(s.mixed_groups / max(s.groups, 1.0))

@@ -1,15 +1,23 @@
-"""Tiny models and a character-level tokenizer built in memory, so tests run offline in seconds."""
+"""The tests' shared helpers: tiny models and a character-level tokenizer built in memory (so tests run offline in
+seconds), verifiable rewards, trainers with the tests' settings, hand-made rollout batches, and the recipe module."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import string
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from trl import GRPOConfig, GRPOTrainer
+
+from resrl_trl import ResRLConfig, ResRLTrainer
+from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>{% endfor %}"
@@ -81,3 +89,96 @@ def make_prompts_dataset() -> Dataset:
 @pytest.fixture
 def prompts_dataset() -> Dataset:
     return make_prompts_dataset()
+
+
+COMMON = dict(
+    use_cpu=True,
+    report_to="none",
+    num_generations=4,
+    per_device_train_batch_size=8,
+    max_completion_length=10,
+    max_steps=2,
+    logging_steps=1,
+    save_strategy="no",
+    learning_rate=1e-2,
+    seed=0,
+    beta=0.0,
+    bf16=False,  # TRL's default autocasts to bf16, on CPU too; fp32 makes the comparisons exact
+)
+
+
+def make_trainer(
+    tmp_path,
+    tokenizer,
+    dataset,
+    cls=ResRLTrainer,
+    model=None,
+    peft_config=None,
+    reward_funcs=parity_reward,
+    **overrides,
+):
+    config_cls = ResRLConfig if cls is ResRLTrainer else GRPOConfig
+    args = config_cls(output_dir=str(tmp_path / cls.__name__), **{**COMMON, **overrides})
+    trainer = cls(
+        model=model if model is not None else make_model(tokenizer),
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    trainer.current_gradient_accumulation_steps = 1  # set by the training loop; tests call _compute_loss directly
+    return trainer
+
+
+def grpo_twin(tmp_path, tokenizer, dataset, resrl):
+    """A GRPOTrainer on an identical copy of `resrl`'s model."""
+    return make_trainer(
+        tmp_path, tokenizer, dataset, cls=GRPOTrainer, model=copy.deepcopy(resrl.model), gradient_checkpointing=False
+    )
+
+
+def hand_batch(tokenizer, batch=8, group_size=4, prompt_len=5, completion_len=9, seed=0):
+    """A rollout batch in the form `_compute_loss` receives, with mixed groups and ragged completions."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_ids = torch.randint(10, 90, (batch, prompt_len), generator=g)
+    prompt_mask = torch.ones(batch, prompt_len, dtype=torch.long)
+    prompt_mask[0, :2] = 0  # left padding
+    prompt_ids[0, :2] = tokenizer.pad_token_id
+    completion_ids = torch.randint(10, 90, (batch, completion_len), generator=g)
+    completion_mask = torch.ones(batch, completion_len, dtype=torch.long)
+    completion_mask[1, 6:] = 0  # right padding
+    completion_mask[6, 7:] = 0
+    is_positive = torch.tensor([True, False, True, False, False, True, False, True])[:batch]
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.where(is_positive, 1.0, -1.0) * torch.linspace(0.5, 1.5, batch),
+        "num_items_in_batch": completion_mask.sum(),
+        GROUP_IDS_KEY: torch.arange(batch) // group_size,
+        IS_POSITIVE_KEY: is_positive,
+    }
+
+
+def reference_hidden(model, batch, index=-2):
+    """`output_hidden_states[index]` at the positions whose logits score the completion tokens."""
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    with torch.no_grad():
+        states = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
+    length, tokens = input_ids.size(1), batch["completion_ids"].size(1)
+    return states[index][:, length - tokens - 1 : length - 1]
+
+
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "math.py"
+
+
+def load_recipe():
+    """recipes/math.py as a module (its name hides the standard library's math, so it is loaded by path)."""
+    spec = importlib.util.spec_from_file_location("math_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

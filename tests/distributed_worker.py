@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
-from test_trainer import COMMON  # noqa: E402
+from conftest import COMMON, make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
 
-import resrl_trl.trainer as trainer_module  # noqa: E402
+import resrl_trl.placement as placement_module  # noqa: E402
 from resrl_trl import ResRLConfig, ResRLTrainer  # noqa: E402
 from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY  # noqa: E402
 
@@ -39,7 +38,7 @@ def main() -> None:
         return wrapped
 
     for name in ("compute_residual_weights", "project_onto_group_subspaces"):
-        setattr(trainer_module, name, keep_weights(getattr(trainer_module, name)))
+        setattr(placement_module, name, keep_weights(getattr(placement_module, name)))
 
     class RecordingTrainer(ResRLTrainer):
         def _apply_residual_weights(self, hidden, inputs):

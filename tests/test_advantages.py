@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model, parity_reward
-from test_trainer import COMMON
+from conftest import COMMON, make_model, make_trainer, parity_reward
 from trl import GRPOTrainer
 
 from resrl_trl import ResRLConfig, ResRLTrainer
@@ -82,3 +81,25 @@ def test_in_step_subspaces_need_whole_groups_and_auto_builds_them_at_rollout(tmp
     ResRLConfig(output_dir=str(tmp_path), advantage_mode="nsr", resrl_subspace="step", **settings)
     with pytest.raises(ValueError, match="advantage_mode must be one of"):
         ResRLConfig(output_dir=str(tmp_path), advantage_mode="ppo", **COMMON)
+
+
+@pytest.mark.parametrize("mode", ["nsr", "w_reinforce", "resrl", "resrl_pos_only", "resrl_tokens_only"])
+def test_completions_table_shows_the_advantages_used(mode, tmp_path, tokenizer, prompts_dataset):
+    """TRL logs GRPO's advantages into its completions table before ResRL replaces them: the table must show the
+    method's sequence advantages (before token weights). Same seed: the same completions as GRPOTrainer's."""
+    grpo = make_trainer(tmp_path / "grpo", tokenizer, prompts_dataset, cls=GRPOTrainer, max_steps=1)
+    grpo.train()
+    ours = make_trainer(tmp_path / "ours", tokenizer, prompts_dataset, advantage_mode=mode, max_steps=1, resrl_rank=4)
+    ours.train()
+    rewards = torch.tensor(ours._logs["rewards"]["parity_reward"])
+    assert torch.equal(rewards, torch.tensor(grpo._logs["rewards"]["parity_reward"]))
+    trl_advantages = torch.tensor(list(grpo._logs["advantages"]))
+    positive = rewards > 0
+    expected = {
+        "nsr": rewards - 1,
+        "w_reinforce": torch.where(positive, 0.1, -1.0),
+        "resrl": torch.where(positive, 0.1 * trl_advantages, trl_advantages),
+        "resrl_pos_only": torch.where(positive, 0.1 * trl_advantages, trl_advantages),
+        "resrl_tokens_only": trl_advantages,
+    }[mode]
+    torch.testing.assert_close(torch.tensor(list(ours._logs["advantages"])), expected.float())

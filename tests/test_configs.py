@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_recipe import load_recipe
+from conftest import load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 

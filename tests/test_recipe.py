@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,18 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_model
+from conftest import RECIPE, load_recipe, make_model
 from safetensors.torch import load_file
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "math.py"
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("math_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_no_arguments_means_the_offline_demo():

@@ -8,8 +8,7 @@ import threading
 
 import pytest
 import torch
-from conftest import checksum_reward
-from test_trainer import make_trainer
+from conftest import checksum_reward, make_trainer
 from transformers import TrainerCallback
 
 from resrl_trl import ResRLTrainer

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_trainer import make_trainer
+from conftest import make_trainer
 
-import resrl_trl.trainer as trainer_module
+import resrl_trl.placement as placement_module
 from resrl_trl import ResRLTrainer
 from resrl_trl.trainer import GROUP_IDS_KEY
 
@@ -36,7 +36,7 @@ def record_row_weights(monkeypatch) -> dict[tuple, torch.Tensor]:
 
     monkeypatch.setattr(ResRLTrainer, "_apply_residual_weights", apply)
     for name in ("compute_residual_weights", "project_onto_group_subspaces"):
-        monkeypatch.setattr(trainer_module, name, spy(getattr(trainer_module, name)))
+        monkeypatch.setattr(placement_module, name, spy(getattr(placement_module, name)))
     return rows
 
 
@@ -73,17 +73,19 @@ def test_rollout_reuses_trl_old_logprob_forward(tmp_path, tokenizer, prompts_dat
     """When TRL runs its own no-grad forward over the rollout (here: four optimiser steps per generation), the hidden
     states come from it, equal those of a forward of ResRL's own, and no extra forward runs."""
     built = []
-    real_build = trainer_module.build_group_subspaces
+    real_build = placement_module.build_group_subspaces
 
     def spy(hidden, valid, group_ids, is_positive, **kwargs):
         built.append((hidden.clone(), valid.clone()))
         return real_build(hidden, valid, group_ids, is_positive, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "build_group_subspaces", spy)
+    monkeypatch.setattr(placement_module, "build_group_subspaces", spy)
     own_forward = []
-    real_own = ResRLTrainer._completion_hidden_states
+    real_own = placement_module.RolloutPlacement._completion_hidden_states
     monkeypatch.setattr(
-        ResRLTrainer, "_completion_hidden_states", lambda *a, **k: own_forward.append(1) or real_own(*a, **k)
+        placement_module.RolloutPlacement,
+        "_completion_hidden_states",
+        lambda *a, **k: own_forward.append(1) or real_own(*a, **k),
     )
     own_hidden = []
     real_generate = ResRLTrainer._generate_and_score_completions
@@ -91,14 +93,14 @@ def test_rollout_reuses_trl_old_logprob_forward(tmp_path, tokenizer, prompts_dat
     def generate(self, inputs):
         batch = real_generate(self, inputs)
         rows = torch.arange(len(batch["completion_ids"]))
-        own_hidden.append(real_own(self, batch, rows, num_chunks=2))  # same policy: no step has run yet
+        own_hidden.append(real_own(self._placement, batch, rows, num_chunks=2))  # same policy: no step has run yet
         return batch
 
     monkeypatch.setattr(ResRLTrainer, "_generate_and_score_completions", generate)
     trainer = make_trainer(
         tmp_path, tokenizer, prompts_dataset, per_device_train_batch_size=2, steps_per_generation=4, max_steps=1
     )
-    assert trainer._trl_runs_rollout_forward()
+    assert trainer._placement.name == "rollout" and trainer._placement._trl_runs_rollout_forward()
     trainer.train()
     assert len(built) == 1 and len(own_forward) == 0
     (hidden, valid), own = built[0], own_hidden[0]

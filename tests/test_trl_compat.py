@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_trainer import make_trainer
+from conftest import make_trainer
 from trl import GRPOTrainer
 
 from resrl_trl.trl_compat import TESTED_TRL, check_trainer_state, check_trl_internals

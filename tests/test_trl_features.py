@@ -7,9 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import checksum_reward, make_model, parity_reward
+from conftest import checksum_reward, grpo_twin, hand_batch, make_model, make_trainer, parity_reward, reference_hidden
 from peft import LoraConfig
-from test_trainer import grpo_twin, hand_batch, make_trainer, reference_hidden
 
 from resrl_trl import ResRLConfig, ResRLTrainer
 from resrl_trl.residual import compute_residual_weights

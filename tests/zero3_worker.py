@@ -23,7 +23,7 @@ from transformers.integrations import HfDeepSpeedConfig
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
 
-import resrl_trl.trainer as trainer_module  # noqa: E402
+import resrl_trl.placement as placement_module  # noqa: E402
 from resrl_trl import ResRLConfig, ResRLTrainer, compute_residual_weights  # noqa: E402
 from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY  # noqa: E402
 
@@ -71,14 +71,14 @@ def main() -> None:
     report: dict = {"rank": rank}
     weights_seen: list[torch.Tensor] = []
     for name in ("compute_residual_weights", "project_onto_group_subspaces"):
-        real = getattr(trainer_module, name)
+        real = getattr(placement_module, name)
 
         def spy(*args, _real=real, **kwargs):
             result = _real(*args, **kwargs)
             weights_seen.append(result.weights)
             return result
 
-        setattr(trainer_module, name, spy)
+        setattr(placement_module, name, spy)
 
     for subspace, batch_size in (("step", 8), ("rollout", 2)):
         config = {
@@ -129,7 +129,7 @@ def main() -> None:
         trainer._group_seed["train"] = 1234
         if subspace == "rollout":
             all_positive = full[IS_POSITIVE_KEY]
-            trainer._build_rollout_subspaces(local, all_positive, GROUP_SIZE, None, "train")
+            trainer._placement.finish_rollout(local, all_positive, GROUP_SIZE, "train")
         weights_seen.clear()
         engine.train()
         loss = trainer._compute_loss(engine, local)
