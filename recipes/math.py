@@ -23,6 +23,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 from trl.rewards import accuracy_reward
 
@@ -65,6 +66,14 @@ class MathScriptArguments(ScriptArguments):
 
 def setup(script_args: MathScriptArguments, training_args: ResRLConfig, model_args: ModelConfig) -> GRPOTrainer:
     """The trainer the arguments describe; every bad setting is found here, before training starts."""
+    resume, output_dir = resume_target(training_args.resume_from_checkpoint), training_args.output_dir
+    if resume is True and not (os.path.isdir(output_dir) and get_last_checkpoint(output_dir)):
+        raise ValueError(
+            f"--resume_from_checkpoint true: {output_dir} holds no checkpoint yet; start without the flag, or pass "
+            "a checkpoint folder"
+        )
+    if isinstance(resume, str) and not os.path.isdir(resume):
+        raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
     if script_args.trainer_cls not in TRAINERS:
         raise ValueError(f"--trainer_cls must be one of {sorted(TRAINERS)}, got {script_args.trainer_cls!r}")
     if script_args.reward not in REWARDS:

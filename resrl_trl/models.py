@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -65,6 +66,14 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def _file_key(folder: str, gguf_file: str) -> str:
+    """A short key of a GGUF file's identity (where it lies, its size and modification time), so that two GGUFs of
+    the same name, or a file replaced in place, are never served from each other's export."""
+    path = Path(folder) / gguf_file
+    identity = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}" if path.is_file() else str(path)
+    return hashlib.sha256(identity.encode()).hexdigest()[:12]
+
+
 def plain_model_folder(model_name_or_path: str | None = None, gguf_file: str | None = None) -> str | None:
     """A model id or folder that vLLM can load: the argument itself, or a GGUF written out once as a plain folder.
 
@@ -78,7 +87,7 @@ def plain_model_folder(model_name_or_path: str | None = None, gguf_file: str | N
     if model_name_or_path is None:
         model_name_or_path, gguf_file = embedded_model()
     cache = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "resrl-trl")
-    target = cache / Path(str(gguf_file)).stem
+    target = cache / f"{Path(str(gguf_file)).stem}-{_file_key(model_name_or_path, gguf_file)}"
     if (target / "config.json").is_file():
         return str(target)
     model, tokenizer = load_model_and_tokenizer(model_name_or_path, gguf_file)

@@ -28,8 +28,9 @@ class SafeTrainingMixin:
     - an infinite reward counts as unscorable (NaN: TRL leaves it out of the group baseline, its advantage is 0);
     - reward functions' answer-checking faults (``faults`` counters, as :class:`resrl_trl.rewards.MathReward` keeps)
       are logged per step;
-    - a non-finite loss skips its optimiser step and the learning-rate scheduler's step with it (the weights and the
-      schedule stay where they were), and is logged;
+    - a non-finite loss, on any process, skips the optimiser step on every process, and the learning-rate
+      scheduler's step with it (the weights and the schedule stay where they were), and is logged. Under DeepSpeed,
+      which steps the scheduler itself, and with an fp16 loss scaler, the schedule still advances;
     - a checkpoint is written into a staging folder and published by one atomic rename, so an interrupted save never
       replaces the last good checkpoint;
     - the input-embedding hooks that transformers leaks at each gradient-checkpointing toggle are removed.
@@ -102,6 +103,9 @@ class SafeTrainingMixin:
 
         def step(*args: Any, **kwargs: Any) -> Any:
             skip, self._skip_optimizer_step = self._skip_optimizer_step, False
+            if self.accelerator.num_processes > 1:  # one process's bad loss skips the step everywhere: replicas agree
+                flag = torch.tensor(float(skip), device=self.accelerator.device)
+                skip = bool(self.accelerator.reduce(flag, reduction="sum") > 0)
             # accelerate's flag of a skipped step (set by its fp16 scaler, else never): transformers advances the
             # learning-rate scheduler only when it is down, so a skipped step leaves the schedule where it was.
             wrapper = self.optimizer

@@ -335,7 +335,8 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         self.create_model_card(model_name=os.path.basename(os.path.normpath(self.args.output_dir)))
         card = os.path.join(self.args.output_dir, "README.md")
         folder = output_dir or self.args.output_dir
-        if os.path.abspath(folder) != os.path.abspath(self.args.output_dir):
+        # Only the first process writes the card (save_on_each_node makes other nodes save too, without a card).
+        if self.is_world_process_zero() and os.path.abspath(folder) != os.path.abspath(self.args.output_dir):
             shutil.copyfile(card, os.path.join(folder, "README.md"))
 
     # --- Checkpoints: ResRL's random-stream state travels with them (SafeTrainingMixin makes them atomic). ---

@@ -71,10 +71,14 @@ def test_paper_config_equals_the_reference_table():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_config_parses_and_keeps_groups_whole(name):
-    """Each config parses, and its micro-batches hold whole groups (the paper's in-step subspaces)."""
+    """Each config parses, its micro-batches hold whole groups (the paper's in-step subspaces), and it saves at
+    generation boundaries."""
     _, args, _ = parse(name)
     assert args.per_device_train_batch_size % args.num_generations == 0
     assert args.resrl_subspace == "step"
+    # checkpoints at the start of a generation, so that a resumed run repeats the uninterrupted one
+    steps_per_generation = args.steps_per_generation * args.num_iterations // args.gradient_accumulation_steps
+    assert args.save_strategy != "steps" or args.save_steps % steps_per_generation == 0
 
 
 def test_one_gpu_config_is_lora_with_colocated_vllm():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import math
@@ -132,3 +133,19 @@ def test_eval_on_amc23_and_plot(tmp_path, tiny_model_dir):
     assert (
         rows[0].startswith("| method | Avg@2 | Pass@1 | Pass@2 |") and rows[2].startswith("| A |") and len(rows) == 4
     )
+
+
+def test_vllm_lora_rank_and_backend_choice(tmp_path):
+    from resrl_trl.evaluation import _adapter_rank, choose_backend
+
+    for rank, served in [(4, 8), (8, 8), (12, 16), (320, 320)]:
+        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": rank}))
+        assert _adapter_rank(str(tmp_path)) == served
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 600}))
+    with pytest.raises(ValueError, match="up to 512"):
+        _adapter_rank(str(tmp_path))
+    assert choose_backend("transformers") == ("transformers", "asked for with --backend")
+    if importlib.util.find_spec("vllm") is None:  # this environment: the vLLM tests run in their own
+        assert choose_backend("auto") == ("transformers", "vLLM is not installed")
+        with pytest.raises(RuntimeError, match="--backend vllm needs vLLM"):
+            choose_backend("vllm")

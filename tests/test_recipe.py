@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,14 +92,16 @@ def run_recipe(*flags: str, launcher: tuple[str, ...] = ()) -> subprocess.Comple
     )
 
 
-def step_losses(output_dir: Path) -> dict[int, float]:
+def step_losses(output_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every training log line of the run's metrics.jsonl, in file order."""
     lines = (output_dir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if "loss" in r]
 
 
 def test_recipe_resumes_from_a_checkpoint(tmp_path, tokenizer):
-    """Stopped after step 2 (its checkpoint saved), resumed with --resume_from_checkpoint true: steps 3-4 repeat the
-    uninterrupted run's losses, checkpoint-2 is left as it was, and metrics.jsonl holds each step once."""
+    """Killed after step 3 (checkpoint-2 its latest), resumed with --resume_from_checkpoint true: steps 3-4 repeat the
+    uninterrupted run's losses, checkpoint-2 is left as it was, and metrics.jsonl holds each step once (the stopped
+    run's step 3 is dropped, since it runs again)."""
     model_dir = tmp_path / "model"
     make_model(tokenizer).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -107,23 +110,26 @@ def test_recipe_resumes_from_a_checkpoint(tmp_path, tokenizer):
         *("--per_device_train_batch_size", "8", "--max_completion_length", "8", "--lr_scheduler_type", "constant"),
         *("--save_strategy", "steps", "--save_steps", "2", "--lora_target_modules", "q_proj", "v_proj"),
     ]
+    parts = tmp_path / "parts"
+    refused = run_recipe(*common, "--output_dir", str(parts), "--resume_from_checkpoint", "true")
+    assert refused.returncode != 0 and "holds no checkpoint yet" in refused.stderr
     whole = run_recipe(*common, "--max_steps", "4", "--output_dir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    stopped = run_recipe(*common, "--max_steps", "2", "--output_dir", str(tmp_path / "parts"))
+    stopped = run_recipe(*common, "--max_steps", "3", "--output_dir", str(parts))
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    checkpoint = tmp_path / "parts" / "checkpoint-2"
+    # Transformers saves a last checkpoint when a run ends; a run killed during step 3 has none: remove it.
+    shutil.rmtree(parts / "checkpoint-3")
+    checkpoint = parts / "checkpoint-2"
     before = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in checkpoint.iterdir() if f.is_file()}
-    resumed = run_recipe(
-        *common, "--max_steps", "4", "--output_dir", str(tmp_path / "parts"), "--resume_from_checkpoint", "true"
-    )
+    resumed = run_recipe(*common, "--max_steps", "4", "--output_dir", str(parts), "--resume_from_checkpoint", "true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    full, parts = step_losses(tmp_path / "whole"), step_losses(tmp_path / "parts")
-    assert sorted(parts) == [1, 2, 3, 4] and any(full.values())
-    for step in (3, 4):
-        assert parts[step] == pytest.approx(full[step], abs=1e-6)
+    full, steps = step_losses(tmp_path / "whole"), step_losses(parts)
+    assert [step for step, _ in steps] == [1, 2, 3, 4] and any(loss for _, loss in full)
+    for (step, loss), (_, expected) in zip(steps[2:], full[2:], strict=True):
+        assert loss == pytest.approx(expected, abs=1e-6), step
     after = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in checkpoint.iterdir() if f.is_file()}
     assert after == before
-    assert (tmp_path / "parts" / "checkpoint-4").is_dir() and not (tmp_path / "parts" / ".resrl-staging").exists()
+    assert (parts / "checkpoint-4").is_dir() and not (parts / ".resrl-staging").exists()
 
 
 @pytest.mark.parametrize(

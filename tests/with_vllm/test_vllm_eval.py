@@ -43,10 +43,11 @@ def test_eval_with_vllm_base_and_adapter(model_dir, tmp_path):
     base_texts = completions(tmp_path / "base")
     assert len(base_texts) == 12 and sum(bool(t.strip()) for t in base_texts.values()) >= 10
 
-    # A LoRA adapter with random (non-zero) weights changes what the model writes: vLLM really serves it.
+    # A LoRA adapter with random (non-zero) weights changes what the model writes: vLLM really serves it. Its rank, 4,
+    # is not one vLLM accepts as max_lora_rank: resrl-eval asks for the next one (8).
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(model_dir),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
     )
     model.save_pretrained(tmp_path / "adapter")
     tuned = run_eval(
