@@ -11,6 +11,7 @@ Both read the trainer they serve (its settings, accelerator, model and metric li
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +30,8 @@ from .residual import (
     project_onto_group_subspaces,
 )
 from .trl_compat import disable_gradient_checkpointing
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["GROUP_IDS_KEY", "IS_POSITIVE_KEY", "RolloutPlacement", "StepPlacement", "make_placement"]
 
@@ -178,6 +181,11 @@ class RolloutPlacement:
         """Build every group's subspace and quantiles from the whole rollout, whichever processes hold its rows."""
         trainer, args = self.trainer, self.trainer.args
         captured, self._captured = self._captured or None, None
+        if captured is not None and batch.get("old_per_token_logps") is None:
+            # Predicted from TRL's own condition, checked against what TRL did: hidden states of a forward that was
+            # not the old-log-prob one (a reference model's, say) must not build subspaces.
+            logger.warning("TRL ran no old-log-prob forward this rollout; ResRL runs its own (see trl_compat.py)")
+            captured = None
         device = batch["completion_ids"].device
         num_processes, local_rows = trainer.accelerator.num_processes, len(batch["completion_ids"])
         num_groups = local_rows * num_processes // group_size

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import make_trainer
+from peft import LoraConfig
 
 import resrl_trl.placement as placement_module
 from resrl_trl import ResRLTrainer
@@ -155,3 +158,27 @@ def test_logged_token_metrics_are_token_means_in_both_placements(tmp_path, token
     for step, rollout in zip(logged["step"], logged["rollout"], strict=True):
         for key in keys:
             assert rollout[key] == pytest.approx(step[key], abs=1e-4), key
+
+
+def test_a_forward_that_is_not_the_old_logprob_one_never_builds_subspaces(
+    tmp_path, tokenizer, prompts_dataset, monkeypatch, caplog
+):
+    """If the prediction of TRL's old-log-prob forward is wrong (forced here), the hidden states captured are those of
+    the reference forward (LoRA with the adapter off, beta > 0): they are discarded, with a warning, for ResRL's own
+    forward."""
+    monkeypatch.setattr(placement_module.RolloutPlacement, "_trl_runs_rollout_forward", lambda self: True)
+    trainer = make_trainer(
+        tmp_path,
+        tokenizer,
+        prompts_dataset,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        beta=0.04,
+        max_steps=1,
+        resrl_rank=4,
+    )
+    with caplog.at_level(logging.WARNING, logger="resrl_trl.placement"):
+        trainer.train()
+    assert "TRL ran no old-log-prob forward" in caplog.text
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
