@@ -39,6 +39,17 @@ GROUP_IDS_KEY = "resrl_group_ids"
 IS_POSITIVE_KEY = "resrl_is_positive"
 
 
+def subspace_settings(args: Any) -> dict[str, Any]:
+    """The config's settings of a group's subspace and quantiles, as the keywords of :mod:`resrl_trl.residual`."""
+    return {
+        "rank": args.resrl_rank,
+        "max_pos_tokens": args.resrl_max_pos_tokens,
+        "q_low": args.resrl_q_low,
+        "q_high": args.resrl_q_high,
+        "niter": args.resrl_pca_niter,
+    }
+
+
 def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -78,14 +89,10 @@ class StepPlacement:
             valid,
             group_ids,
             is_positive,
-            rank=args.resrl_rank,
-            max_pos_tokens=args.resrl_max_pos_tokens,
-            q_low=args.resrl_q_low,
-            q_high=args.resrl_q_high,
             min_weight=args.resrl_min_weight,
-            niter=args.resrl_pca_niter,
             group_seed=trainer._group_seed[mode],
             num_groups=trainer._num_groups[mode] or None,
+            **subspace_settings(args),
         )
 
 
@@ -210,13 +217,9 @@ class RolloutPlacement:
             batch[GROUP_IDS_KEY][rows],
             batch[IS_POSITIVE_KEY][rows],
             num_groups=num_groups,
-            rank=args.resrl_rank,
-            max_pos_tokens=args.resrl_max_pos_tokens,
-            q_low=args.resrl_q_low,
-            q_high=args.resrl_q_high,
-            niter=args.resrl_pca_niter,
             group_seed=trainer._group_seed[mode],
             collective=self._collective(),
+            **subspace_settings(args),
         )
         self.subspaces[mode] = subspaces
         metrics = trainer._metrics[mode]

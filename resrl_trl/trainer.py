@@ -180,8 +180,10 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         output[IS_POSITIVE_KEY] = is_positive
         output[GROUP_IDS_KEY] = torch.arange(start, start + len(inputs), device=device) // group_size
         method = self.args.advantage_mode
+        baseline = None
         if method in ("psr", "nsr", "w_reinforce"):
-            output["advantages"] = self._baseline_advantages(rewards, all_positive)[local].to(device)
+            baseline = reinforce_advantages(rewards, all_positive, method, self.args.w_reinforce_lambda)
+            output["advantages"] = baseline[local].to(device)
         elif method == "resrl_pos_only":  # no token weights: the positive scaling is all there is, per sequence
             advantages = output["advantages"]
             output["advantages"] = torch.where(is_positive, advantages * self.args.resrl_pos_weight, advantages)
@@ -190,25 +192,22 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         finite = torch.isfinite(output["advantages"])
         self._metrics[mode]["resrl/nonfinite_advantages"].append(float((~finite).sum()))
         output["advantages"] = torch.where(finite, output["advantages"], 0.0)
-        self._log_sequence_advantages(rewards, all_positive)
+        self._log_sequence_advantages(all_positive, baseline)
         if self._placement is not None:
             self._placement.finish_rollout(output, all_positive, group_size, mode)
         return output
 
-    def _baseline_advantages(self, rewards: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-        return reinforce_advantages(rewards, positive, self.args.advantage_mode, self.args.w_reinforce_lambda)
-
-    def _log_sequence_advantages(self, rewards: torch.Tensor, all_positive: torch.Tensor) -> None:
+    def _log_sequence_advantages(self, all_positive: torch.Tensor, baseline: torch.Tensor | None) -> None:
         """Show in TRL's completions table the sequence advantages the method uses (before token weights), not the
-        GRPO advantages TRL logged (for every process's rows) before ResRL replaced or scaled them."""
-        logged, count, method = self._logs["advantages"], len(rewards), self.args.advantage_mode
-        if len(logged) < count or method not in SCALES_POSITIVES | {"psr", "nsr", "w_reinforce"}:
+        GRPO advantages TRL logged (for every process's rows) before ResRL replaced (``baseline``) or scaled them."""
+        logged, count = self._logs["advantages"], len(all_positive)
+        if len(logged) < count or (baseline is None and self.args.advantage_mode not in SCALES_POSITIVES):
             return  # grpo, resrl_tokens_only: TRL's advantages are the sequence advantages
-        if method in SCALES_POSITIVES:  # resrl scales positives per token, by one factor for every token
+        if baseline is None:  # resrl scales positives per token, by one factor for every token
             trl_advantages = torch.tensor(list(logged)[-count:], dtype=torch.float32)
             shown = torch.where(all_positive.cpu(), trl_advantages * self.args.resrl_pos_weight, trl_advantages)
         else:
-            shown = self._baseline_advantages(rewards, all_positive).cpu()
+            shown = baseline.cpu()
         for _ in range(count):
             logged.pop()
         logged.extend(torch.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0).tolist())
@@ -297,9 +296,10 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
     def _log_residual_stats(self, stats: ResidualStats) -> None:
         totals = self.accelerator.reduce(torch.stack(list(stats)), reduction="sum")
         mode = "train" if self.model.training else "eval"
-        # Token statistics are summed over the micro-batches and turned into means over all weighted tokens when
-        # logged (see log): a micro-batch without weighted tokens must not count as a mean of 0.
-        self._token_sums[mode] = self._token_sums.get(mode, 0) + totals[:4].double().cpu()
+        # Token statistics are summed over the micro-batches, on the device (no host read in the training step), and
+        # turned into means over all weighted tokens when logged (see log): a micro-batch without weighted tokens
+        # must not count as a mean of 0.
+        self._token_sums[mode] = self._token_sums.get(mode, 0) + totals[:4]
         if self._placement.name == "step":  # else logged once per rollout, for whole groups
             s = ResidualStats(*totals.tolist())
             metrics = self._metrics[mode]
@@ -311,8 +311,8 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         sums = self._token_sums.pop(mode, None)
-        if sums is not None and sums[3] > 0:  # no weighted token since the last log: no mean to report
-            weight_sum, energy_sum, alignment_sum, tokens = sums.tolist()
+        weight_sum, energy_sum, alignment_sum, tokens = sums.tolist() if sums is not None else (0.0,) * 4
+        if tokens > 0:  # no weighted token since the last log: no mean to report
             self._metrics[mode]["resrl/neg_token_weight_mean"] = [weight_sum / tokens]
             self._metrics[mode]["resrl/residual_energy_mean"] = [energy_sum / tokens]
             self._metrics[mode]["resrl/neg_alignment_mean"] = [alignment_sum / tokens]
