@@ -54,10 +54,10 @@ def main() -> None:
     captured: list[tuple] = []
     real = placement_module.compute_residual_weights
 
-    def spy(hidden, valid, group_ids, is_positive, **kwargs):
-        result = real(hidden, valid, group_ids, is_positive, **kwargs)
+    def spy(hidden, valid, group_ids, is_positive, *args, **kwargs):
+        result = real(hidden, valid, group_ids, is_positive, *args, **kwargs)
         if not captured:
-            captured.append((hidden.clone(), valid, group_ids, is_positive, kwargs, result.weights.clone()))
+            captured.append((hidden.clone(), valid, group_ids, is_positive, args, kwargs, result.weights.clone()))
         return result
 
     inputs_seen: list[dict] = []
@@ -76,7 +76,7 @@ def main() -> None:
     trainer.train()
     stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.accelerator.state.deepspeed_plugin else 0
 
-    hidden, valid, group_ids, is_positive, kwargs, weights = captured[0]
+    hidden, valid, group_ids, is_positive, args, kwargs, weights = captured[0]
     batch = inputs_seen[0]
     reference = reference.to(hidden.device, dtype).eval()
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
@@ -86,7 +86,7 @@ def main() -> None:
     length, tokens = input_ids.size(1), batch["completion_ids"].size(1)
     expected = states[:, length - tokens - 1 : length - 1]
     hidden_error = ((hidden.float() - expected.float())[valid].abs().max() / expected.float().abs().max()).item()
-    ref_weights = real(expected, valid, group_ids, is_positive, **kwargs).weights  # the same group seed
+    ref_weights = real(expected, valid, group_ids, is_positive, *args, **kwargs).weights  # the same group seed
     weight_error = (ref_weights - weights).abs().max().item()
     weight_mean_error = (ref_weights - weights)[valid].abs().mean().item()
 

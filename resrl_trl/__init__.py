@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ResRLConfig": ".config",
     "ResRLTrainer": ".trainer",
+    "SubspaceSettings": ".residual",
     "TrainingCurvesCallback": ".callbacks",
     "compute_residual_weights": ".residual",
     "residual_token_weights": ".residual",

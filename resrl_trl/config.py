@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .advantages import ADVANTAGE_MODES, USES_TOKEN_WEIGHTS
+from .residual import SubspaceSettings
+
+SUBSPACE_FIELDS = {
+    "rank": "resrl_rank",
+    "max_pos_tokens": "resrl_max_pos_tokens",
+    "q_low": "resrl_q_low",
+    "q_high": "resrl_q_high",
+    "min_weight": "resrl_min_weight",
+    "niter": "resrl_pca_niter",
+}
+"""Each field of :class:`~resrl_trl.residual.SubspaceSettings` and the config field that sets it."""
 
 
 @dataclass
@@ -137,23 +148,11 @@ class ResRLConfig(GRPOConfig):
                 "not take ResRL's per-token advantages; use loss_type 'dapo' (TRL's default), 'grpo', 'dr_grpo', "
                 "'bnpo', 'cispo', 'sapo' or 'luspo', or advantage_mode 'grpo'"
             )
-        if self.resrl_rank < 1:
-            problems.append(f"resrl_rank must be >= 1, got {self.resrl_rank}")
-        if self.resrl_max_pos_tokens < 4:
-            problems.append(
-                f"resrl_max_pos_tokens must be >= 4 (a group needs 4 positive tokens), got {self.resrl_max_pos_tokens}"
-            )
-        if not 0.0 <= self.resrl_q_low < self.resrl_q_high <= 1.0:
-            problems.append(
-                f"need 0 <= resrl_q_low < resrl_q_high <= 1, got resrl_q_low={self.resrl_q_low}, "
-                f"resrl_q_high={self.resrl_q_high}"
-            )
-        if not 0.0 <= self.resrl_min_weight <= 1.0:
-            problems.append(f"resrl_min_weight must lie in [0, 1], got {self.resrl_min_weight}")
+        # The subspace settings are checked by the class the maths takes, in the config's field names.
+        subspace_values = {name: getattr(self, field) for name, field in SUBSPACE_FIELDS.items()}
+        problems.extend(SubspaceSettings.problems(subspace_values, SUBSPACE_FIELDS))
         if not self.resrl_pos_weight >= 0.0:
             problems.append(f"resrl_pos_weight must be >= 0, got {self.resrl_pos_weight}")
-        if self.resrl_pca_niter < 0:
-            problems.append(f"resrl_pca_niter must be >= 0, got {self.resrl_pca_niter}")
         if self.resrl_hidden_layer in (0, -1):
             problems.append(
                 f"resrl_hidden_layer={self.resrl_hidden_layer} is not a decoder block's output (0 is the embeddings, "
@@ -183,3 +182,9 @@ class ResRLConfig(GRPOConfig):
             )
         if problems:
             raise ValueError("Invalid ResRLConfig:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def subspace_settings(self) -> SubspaceSettings:
+        """The `resrl_rank`, `resrl_max_pos_tokens`, `resrl_q_low`, `resrl_q_high`, `resrl_min_weight` and
+        `resrl_pca_niter` fields as the settings :mod:`resrl_trl.residual` takes."""
+        return SubspaceSettings(**{name: getattr(self, field) for name, field in SUBSPACE_FIELDS.items()})

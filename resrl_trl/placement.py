@@ -39,17 +39,6 @@ GROUP_IDS_KEY = "resrl_group_ids"
 IS_POSITIVE_KEY = "resrl_is_positive"
 
 
-def subspace_settings(args: Any) -> dict[str, Any]:
-    """The config's settings of a group's subspace and quantiles, as the keywords of :mod:`resrl_trl.residual`."""
-    return {
-        "rank": args.resrl_rank,
-        "max_pos_tokens": args.resrl_max_pos_tokens,
-        "q_low": args.resrl_q_low,
-        "q_high": args.resrl_q_high,
-        "niter": args.resrl_pca_niter,
-    }
-
-
 def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -89,10 +78,9 @@ class StepPlacement:
             valid,
             group_ids,
             is_positive,
-            min_weight=args.resrl_min_weight,
+            args.subspace_settings,
             group_seed=trainer._group_seed[mode],
             num_groups=trainer._num_groups[mode] or None,
-            **subspace_settings(args),
         )
 
 
@@ -216,10 +204,10 @@ class RolloutPlacement:
             trainer._valid_tokens(batch)[rows],
             batch[GROUP_IDS_KEY][rows],
             batch[IS_POSITIVE_KEY][rows],
+            args.subspace_settings,
             num_groups=num_groups,
             group_seed=trainer._group_seed[mode],
             collective=self._collective(),
-            **subspace_settings(args),
         )
         self.subspaces[mode] = subspaces
         metrics = trainer._metrics[mode]
@@ -231,9 +219,8 @@ class RolloutPlacement:
     def weights(
         self, hidden: torch.Tensor, valid: torch.Tensor, group_ids: torch.Tensor, is_positive: torch.Tensor, mode: str
     ) -> ResidualWeights:
-        return project_onto_group_subspaces(
-            hidden, valid, group_ids, is_positive, self.subspaces[mode], min_weight=self.trainer.args.resrl_min_weight
-        )
+        settings = self.trainer.args.subspace_settings
+        return project_onto_group_subspaces(hidden, valid, group_ids, is_positive, self.subspaces[mode], settings)
 
 
 def make_placement(trainer: Any) -> StepPlacement | RolloutPlacement:

@@ -14,7 +14,8 @@ per group or per token, and all arithmetic is float32 whatever the dtype of the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -25,18 +26,73 @@ __all__ = [
     "GroupSubspaces",
     "ResidualStats",
     "ResidualWeights",
+    "SubspaceSettings",
     "build_group_subspaces",
     "compute_residual_weights",
     "group_stream_seed",
     "project_onto_group_subspaces",
+    "residual_energy",
     "residual_token_weights",
     "think_span_mask",
+    "token_energies",
 ]
 
 LAYER_NORM_EPS = 1e-5
 MIN_POSITIVE_TOKENS = 4
 FLAT_ENERGY_RANGE = 1e-5
 MIN_ENERGY_RANGE = 1e-6
+
+
+@dataclass(frozen=True)
+class SubspaceSettings:
+    """How each group's positive subspace is built and how residual energies become weights.
+
+    Every default is the paper's (and the reference code's). Invalid values raise a ``ValueError`` naming the field.
+    """
+
+    rank: int = 64
+    """Rank of the positive subspace before clamping to ``min(rank, |P| - 1, H)`` (paper: 64)."""
+    max_pos_tokens: int = 4096
+    """Most positive tokens used per group; a larger set is subsampled uniformly without replacement (paper: 4096)."""
+    q_low: float = 0.2
+    """Quantile of a group's negative-token energies mapped to ``min_weight`` (paper: 0.2)."""
+    q_high: float = 0.8
+    """Quantile of the same energies mapped to weight 1 (paper: 0.8)."""
+    min_weight: float = 0.1
+    """Smallest weight of a negative token, the one that looks most like successful reasoning (paper: 0.1)."""
+    niter: int = 4
+    """Power iterations of the randomised PCA that finds the subspace (paper: 4)."""
+
+    def __post_init__(self) -> None:
+        problems = self.problems(asdict(self))
+        if problems:
+            raise ValueError("Invalid SubspaceSettings: " + "; ".join(problems))
+
+    @staticmethod
+    def problems(values: Mapping[str, float], names: Mapping[str, str] | None = None) -> list[str]:
+        """What is wrong with ``values`` (keyed by this class's field names), each message naming the field as
+        ``names`` spells it (default: the field's own name), so that a config with other field names can reuse it."""
+        name = {field.name: field.name for field in fields(SubspaceSettings)} | dict(names or {})
+        rank, max_pos_tokens, niter = values["rank"], values["max_pos_tokens"], values["niter"]
+        q_low, q_high, min_weight = values["q_low"], values["q_high"], values["min_weight"]
+        problems = []
+        if not rank >= 1:
+            problems.append(f"{name['rank']} must be >= 1, got {rank}")
+        if not max_pos_tokens >= MIN_POSITIVE_TOKENS:
+            problems.append(
+                f"{name['max_pos_tokens']} must be >= {MIN_POSITIVE_TOKENS} (a group needs {MIN_POSITIVE_TOKENS} "
+                f"positive tokens), got {max_pos_tokens}"
+            )
+        if not 0.0 <= q_low < q_high <= 1.0:
+            problems.append(
+                f"need 0 <= {name['q_low']} < {name['q_high']} <= 1, got {name['q_low']}={q_low}, "
+                f"{name['q_high']}={q_high}"
+            )
+        if not 0.0 <= min_weight <= 1.0:
+            problems.append(f"{name['min_weight']} must lie in [0, 1], got {min_weight}")
+        if not niter >= 0:
+            problems.append(f"{name['niter']} must be >= 0, got {niter}")
+        return problems
 
 
 class ResidualStats(NamedTuple):
@@ -216,6 +272,22 @@ def _global_slots(local_counts: torch.Tensor, collective: Collective) -> tuple[t
     return table[: collective.process_index].sum(0), table.sum(0)
 
 
+def residual_energy(centred: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 6's residual energy of centred hidden states against a subspace, and their alignment with it.
+
+    ``centred`` is ``(..., H)`` float32: layer-normed hidden states minus their group's mean ``mu``. ``basis`` holds
+    orthonormal columns (zero columns allowed) such that ``centred @ basis`` is defined: ``(H, q)`` for one subspace,
+    or ``(..., H, q)`` with one subspace per batch entry (``(B, T, H)`` with ``(B, H, q)``, say). Returns
+    ``(energy, alignment)``, both shaped like ``centred`` without its last dimension: ``||z - V V^T z||^2 / H`` and
+    ``||V^T z||^2 / ||z||^2``, the share of ``z``'s energy inside the subspace.
+    """
+    total = torch.linalg.vector_norm(centred, dim=-1).square()
+    inside = torch.linalg.vector_norm(centred @ basis, dim=-1).square()
+    # ||z - V V^T z||^2 = ||z||^2 - ||V^T z||^2 (Pythagoras, V has orthonormal columns): no residual tensor is formed.
+    energy = (total - inside).clamp(min=0.0) / centred.shape[-1]
+    return energy, inside / total.clamp(min=1e-12)
+
+
 def _negative_energies(
     hidden: torch.Tensor,
     rows: torch.Tensor,
@@ -230,27 +302,16 @@ def _negative_energies(
     num_groups, width = mean.shape
     order, sorted_group, slot, _ = _rank_within_group(group, num_groups)
     rows, cols = rows[order], cols[order]
+    # Padded per group, so that each group's tokens meet its own basis in one batched product.
     centred = torch.zeros(num_groups, padded, width, device=hidden.device, dtype=torch.float32)
     centred[sorted_group, slot] = _layer_norm_fp32(hidden[rows, cols])
     centred.sub_(mean[:, None, :])
-    total_energy = torch.linalg.vector_norm(centred, dim=-1).square()
-    coords = centred @ basis  # (A, M, q): coordinates of z in the subspace
-    del centred
-    inside_energy = torch.linalg.vector_norm(coords, dim=-1).square()
-    del coords
-    # ||z - V V^T z||^2 = ||z||^2 - ||V^T z||^2 (Pythagoras, V has orthonormal columns): no (A, M, H) residual.
-    energy = (total_energy - inside_energy).clamp(min=0.0)[sorted_group, slot] / width
-    alignment = inside_energy[sorted_group, slot] / total_energy[sorted_group, slot].clamp(min=1e-12)
-    return _NegativeEnergies(rows, cols, sorted_group, energy, alignment)
+    energy, alignment = residual_energy(centred, basis)
+    return _NegativeEnergies(rows, cols, sorted_group, energy[sorted_group, slot], alignment[sorted_group, slot])
 
 
 def _quantile_bounds(
-    negatives: _NegativeEnergies,
-    num_groups: int,
-    padded: int,
-    q_low: float,
-    q_high: float,
-    collective: Collective,
+    negatives: _NegativeEnergies, num_groups: int, padded: int, settings: SubspaceSettings, collective: Collective
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group ``q_low``/``q_high`` quantiles of the energies (step 7), over every process's negative tokens, as
     ``torch.quantile``'s "linear" interpolation. Only the scalar energies travel between processes."""
@@ -277,7 +338,7 @@ def _quantile_bounds(
         high_value = ordered.gather(1, above[:, None]).squeeze(1)
         return torch.lerp(low_value, high_value, (position - below.double()).float())
 
-    return quantile(q_low), quantile(q_high)
+    return quantile(settings.q_low), quantile(settings.q_high)
 
 
 def _weights_from_energy(
@@ -306,6 +367,148 @@ def _check_shapes(hidden: torch.Tensor, valid_mask: torch.Tensor, group_ids: tor
         )
 
 
+class _Census(NamedTuple):
+    """Which groups get token weights, and the sizes the later steps need (step 1 and the statistics' counts)."""
+
+    row_group: torch.Tensor  # (B,) each row's group index in [0, num_groups)
+    row_active: torch.Tensor  # (B,) whether the row's group gets token weights
+    active_index: torch.Tensor  # (num_groups,) each group's index among the active ones, -1 if not active
+    counts: dict[str, torch.Tensor]  # the group counts of ResidualStats, summed over processes
+    # On the host, one entry per active group, in id order:
+    active_ids: torch.Tensor
+    pos_total: torch.Tensor  # valid positive tokens over all processes
+    local_pos: torch.Tensor  # ... on this process
+    local_neg: torch.Tensor  # valid negative tokens on this process
+    neg_total: torch.Tensor  # ... over all processes
+
+
+def _group_census(
+    hidden: torch.Tensor,
+    valid: torch.Tensor,
+    group_ids: torch.Tensor,
+    positive: torch.Tensor,
+    num_groups: int | None,
+    collective: Collective,
+) -> _Census:
+    device = hidden.device
+    if num_groups is None:
+        unique_groups, row_group = torch.unique(group_ids, return_inverse=True)
+        num_groups = unique_groups.numel()
+    else:
+        unique_groups, row_group = torch.arange(num_groups, device=device), group_ids.long()
+    # Per-group counts over all processes: completions +/-, valid tokens +/-, non-finite valid tokens. A row sum is
+    # finite iff the row is (a cheap (B, T) reduction, no (B, T, H) temporary).
+    tokens = valid.sum(1)
+    bad_tokens = (valid & ~torch.isfinite(hidden.sum(-1, dtype=torch.float32))).sum(1)
+    per_row = torch.stack([positive.long(), (~positive).long(), tokens * positive, tokens * ~positive, bad_tokens])
+    local = torch.zeros(5, num_groups, dtype=torch.long, device=device).index_add_(1, row_group, per_row)
+    pos_seqs, neg_seqs, pos_tokens, neg_tokens, bad = collective.all_reduce_sum(local)
+    mixed = (pos_seqs > 0) & (neg_seqs > 0)
+    active = mixed & (bad == 0) & (pos_tokens >= MIN_POSITIVE_TOKENS)
+    present = (pos_seqs + neg_seqs) > 0
+    counts = dict(
+        groups=present.sum().float(),
+        mixed_groups=mixed.sum().float(),
+        skipped_groups=(mixed & ~active).sum().float(),
+        positives=pos_seqs.sum().float(),
+        negatives=neg_seqs.sum().float(),
+    )
+    active_index = torch.cumsum(active.long(), 0) - 1
+    active_index[~active] = -1
+    # Every size the later steps need, read in one device-to-host transfer (each would otherwise stall the GPU).
+    table = torch.stack([active.long(), unique_groups, pos_tokens, local[2], local[3], neg_tokens]).cpu()
+    is_active = table[0].bool()
+    sizes = (row[is_active] for row in table[1:])
+    return _Census(row_group, active[row_group], active_index, counts, *sizes)
+
+
+class _PositiveTokens(NamedTuple):
+    """This process's positive tokens of the active groups, in group order (steps 1-2)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    group: torch.Tensor  # index among the active groups
+    slot: torch.Tensor  # rank of the token among this process's tokens of its group
+    local_count: torch.Tensor  # (A,) this process's tokens per group
+    offset: torch.Tensor  # (A,) the group's tokens on lower-ranked processes
+    total: torch.Tensor  # (A,) the group's tokens over all processes
+
+
+def _positive_tokens(
+    valid: torch.Tensor, positive: torch.Tensor, census: _Census, collective: Collective
+) -> _PositiveTokens:
+    num_active = len(census.active_ids)
+    rows, cols = _nonzero_known(valid & (positive & census.row_active)[:, None], int(census.local_pos.sum()))
+    order, group, slot, local_count = _rank_within_group(census.active_index[census.row_group[rows]], num_active)
+    offset, total = _global_slots(local_count, collective)
+    return _PositiveTokens(rows[order], cols[order], group, slot, local_count, offset, total)
+
+
+def _subsample_positives(
+    tokens: _PositiveTokens,
+    census: _Census,
+    max_pos_tokens: int,
+    streams: Sequence[torch.Generator | None],
+    collective: Collective,
+) -> _PositiveTokens:
+    """Step 2: a uniform subset without replacement of each group's positive tokens, at most ``max_pos_tokens``: the
+    tokens with the lowest random keys. One key per positive token of every process, in (group, process, row,
+    position) order, drawn by all processes alike, so the subset does not depend on how the rows are split."""
+    device, num_active = tokens.rows.device, len(census.active_ids)
+    keys = torch.cat(
+        [
+            torch.rand(n, generator=stream, device=device, dtype=torch.float64)
+            for n, stream in zip(census.pos_total.tolist(), streams, strict=True)
+        ]
+    )
+    key_group = torch.repeat_interleave(
+        torch.arange(num_active, device=device), tokens.total, output_size=int(census.pos_total.sum())
+    )
+    key_order, _, key_rank_sorted, _ = _rank_within_group(key_group, num_active, keys)
+    key_rank = torch.empty_like(key_group)
+    key_rank[key_order] = key_rank_sorted
+    group_start = torch.cumsum(tokens.total, 0) - tokens.total
+    kept = key_rank[group_start[tokens.group] + tokens.offset[tokens.group] + tokens.slot] < max_pos_tokens
+    # One process knows how many of its tokens are kept; several must count them.
+    if collective.num_processes == 1:
+        num_kept = int(census.pos_total.clamp(max=max_pos_tokens).sum())
+    else:
+        num_kept = int(kept.sum())
+    (index,) = _nonzero_known(kept, num_kept)
+    group = tokens.group[index]
+    _, _, slot, local_count = _rank_within_group(group, num_active)
+    total = tokens.total.clamp(max=max_pos_tokens)
+    return _PositiveTokens(tokens.rows[index], tokens.cols[index], group, slot, local_count, tokens.offset, total)
+
+
+def _mean_and_basis(
+    hidden: torch.Tensor,
+    tokens: _PositiveTokens,
+    census: _Census,
+    settings: SubspaceSettings,
+    streams: Sequence[torch.Generator | None],
+    collective: Collective,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 3-5: each active group's mean ``mu`` of its layer-normed positives and the basis ``V_k`` of the top-k
+    right singular vectors of the centred positives, over all processes' rows."""
+    device, width, num_active = hidden.device, hidden.shape[-1], len(census.active_ids)
+    f32 = dict(device=device, dtype=torch.float32)
+    padded_rows = int(census.local_pos.clamp(max=settings.max_pos_tokens).max())  # bounds any group's rows here
+    positives = torch.zeros(num_active, padded_rows, width, **f32)
+    positives[tokens.group, tokens.slot] = _layer_norm_fp32(hidden[tokens.rows, tokens.cols])
+    mean = collective.all_reduce_sum(positives.sum(1)) / tokens.total[:, None]
+    row_is_real = torch.arange(padded_rows, device=device)[None, :] < tokens.local_count[:, None]
+    # Padding rows stay exactly zero, so they add nothing to X^T X and leave the subspace unchanged.
+    positives.sub_(mean[:, None, :]).mul_(row_is_real[..., None])
+    kept_total = census.pos_total.clamp(max=settings.max_pos_tokens)
+    group_rank = kept_total.sub(1).clamp(max=min(settings.rank, width)).tolist()  # k per group
+    start = torch.zeros(num_active, width, max(group_rank), **f32)
+    for index, (k, stream) in enumerate(zip(group_rank, streams, strict=True)):
+        start[index, :, :k] = torch.randn(width, k, generator=stream, **f32)
+    basis = _randomized_top_right_singular_vectors(positives, start, collective, settings.niter)
+    return mean, basis
+
+
 class _Build(NamedTuple):
     subspaces: GroupSubspaces
     negatives: _NegativeEnergies  # this process's negative tokens in the subspaces' groups
@@ -317,117 +520,37 @@ def _build(
     valid_mask: torch.Tensor,
     group_ids: torch.Tensor,
     is_positive: torch.Tensor,
+    settings: SubspaceSettings,
     num_groups: int | None,
-    *,
-    rank: int,
-    max_pos_tokens: int,
-    q_low: float,
-    q_high: float,
-    niter: int,
     generator: torch.Generator | None,
     group_seed: int | None,
     collective: Collective,
 ) -> _Build:
     """Steps 1-7 for every group, over the rows of all processes. With ``num_groups`` the ids are global indices in
-    ``[0, num_groups)`` (the same group has the same id on every process); without, the groups are those present."""
+    ``[0, num_groups)`` (the same group has the same id on every process); without, the groups are those present.
+    Random numbers are drawn in a fixed order (subsampling keys, then PCA starts) on every process alike."""
     _check_shapes(hidden, valid_mask, group_ids, is_positive)
     device, width = hidden.device, hidden.shape[-1]
-    f32 = dict(device=device, dtype=torch.float32)
-    reduce = collective.all_reduce_sum
     valid, positive = valid_mask.bool(), is_positive.bool()
-    if num_groups is None:
-        unique_groups, seq_group = torch.unique(group_ids, return_inverse=True)
-        num_groups = unique_groups.numel()
-    else:
-        unique_groups, seq_group = torch.arange(num_groups, device=device), group_ids.long()
-
-    # Per-group counts over all processes: completions +/-, valid tokens +/-, non-finite valid tokens. A row sum is
-    # finite iff the row is (a cheap (B, T) reduction, no (B, T, H) temporary).
-    tokens = valid.sum(1)
-    bad_tokens = (valid & ~torch.isfinite(hidden.sum(-1, dtype=torch.float32))).sum(1)
-    per_row = torch.stack([positive.long(), (~positive).long(), tokens * positive, tokens * ~positive, bad_tokens])
-    local = torch.zeros(5, num_groups, dtype=torch.long, device=device).index_add_(1, seq_group, per_row)
-    pos_seqs, neg_seqs, pos_tokens, neg_tokens, bad = reduce(local)
-    mixed = (pos_seqs > 0) & (neg_seqs > 0)
-    active = mixed & (bad == 0) & (pos_tokens >= MIN_POSITIVE_TOKENS)
-    present = (pos_seqs + neg_seqs) > 0
-    stats_counts = dict(
-        groups=present.sum().float(),
-        mixed_groups=mixed.sum().float(),
-        skipped_groups=(mixed & ~active).sum().float(),
-        positives=pos_seqs.sum().float(),
-        negatives=neg_seqs.sum().float(),
-    )
-    active_index = torch.cumsum(active.long(), 0) - 1
-    active_index[~active] = -1
-    # Every size below, read in one device-to-host transfer (each one would otherwise stall the GPU).
-    table = torch.stack([active.long(), unique_groups, pos_tokens, local[2], local[3], neg_tokens]).cpu()
-    is_active = table[0].bool()
-    active_ids, pos_total, local_pos, local_neg, neg_total = (row[is_active] for row in table[1:])
-    num_active = len(active_ids)
-    if num_active == 0:
-        none = torch.zeros(0, **f32)
+    census = _group_census(hidden, valid, group_ids, positive, num_groups, collective)
+    if len(census.active_ids) == 0:
+        none = torch.zeros(0, device=device, dtype=torch.float32)
         subspaces = GroupSubspaces(
             torch.zeros(0, dtype=torch.long, device=device), none.view(0, width), none.view(0, width, 0), none, none
         )
-        return _Build(subspaces, _no_negatives(device), _token_stats(_no_negatives(device), stats_counts))
-    kept_total = pos_total.clamp(max=max_pos_tokens)
-    group_rank = kept_total.sub(1).clamp(max=min(rank, width)).tolist()  # k per group
-    streams = _random_streams(active_ids, generator, group_seed, device)
-
-    # --- Positive set P per group (steps 1-3): subsample, layer-norm, centre. ---
-    row_active = active[seq_group]
-    pos_b, pos_t = _nonzero_known(valid & (positive & row_active)[:, None], int(local_pos.sum()))
-    order, pos_group, local_rank, local_count = _rank_within_group(active_index[seq_group[pos_b]], num_active)
-    pos_b, pos_t = pos_b[order], pos_t[order]
-    offset, total = _global_slots(local_count, collective)
-    if int(pos_total.max()) > max_pos_tokens:
-        # A uniform subset without replacement: the max_pos_tokens lowest random keys of each group. One key per
-        # positive token of every process, in (group, process, row, position) order, drawn by all processes alike.
-        keys = torch.cat(
-            [
-                torch.rand(n, generator=stream, device=device, dtype=torch.float64)
-                for n, stream in zip(pos_total.tolist(), streams, strict=True)
-            ]
-        )
-        key_group = torch.repeat_interleave(
-            torch.arange(num_active, device=device), total, output_size=int(pos_total.sum())
-        )
-        key_order, _, key_rank_sorted, _ = _rank_within_group(key_group, num_active, keys)
-        key_rank = torch.empty_like(key_group)
-        key_rank[key_order] = key_rank_sorted
-        group_start = torch.cumsum(total, 0) - total
-        kept = key_rank[group_start[pos_group] + offset[pos_group] + local_rank] < max_pos_tokens
-        # One process knows how many of its tokens are kept; several must count them.
-        num_kept = int(kept_total.sum()) if collective.num_processes == 1 else int(kept.sum())
-        (index,) = _nonzero_known(kept, num_kept)
-        pos_b, pos_t, pos_group = pos_b[index], pos_t[index], pos_group[index]
-        _, _, local_rank, local_count = _rank_within_group(pos_group, num_active)
-        total = total.clamp(max=max_pos_tokens)
-    padded_rows = int(local_pos.clamp(max=max_pos_tokens).max())  # an upper bound on any group's rows here
-    positives = torch.zeros(num_active, padded_rows, width, **f32)
-    positives[pos_group, local_rank] = _layer_norm_fp32(hidden[pos_b, pos_t])
-    mean = reduce(positives.sum(1)) / total[:, None]
-    row_is_real = torch.arange(padded_rows, device=device)[None, :] < local_count[:, None]
-    # Padding rows stay exactly zero, so they add nothing to X^T X and leave the subspace unchanged.
-    positives.sub_(mean[:, None, :]).mul_(row_is_real[..., None])
-
-    # --- Subspace V_k (steps 4-5). ---
-    start = torch.zeros(num_active, width, max(group_rank), **f32)
-    for index, (k, stream) in enumerate(zip(group_rank, streams, strict=True)):
-        start[index, :, :k] = torch.randn(width, k, generator=stream, **f32)
-    basis = _randomized_top_right_singular_vectors(positives, start, collective, niter)
-    del positives, start
-
-    # --- Residual energies of the negative tokens (step 6) and their per-group quantiles (step 7). ---
-    neg_b, neg_t = _nonzero_known(valid & (~positive & row_active)[:, None], int(local_neg.sum()))
-    negatives = _negative_energies(
-        hidden, neg_b, neg_t, active_index[seq_group[neg_b]], mean, basis, int(local_neg.max())
-    )
-    low, high = _quantile_bounds(negatives, num_active, int(neg_total.max()), q_low, q_high, collective)
-    subspaces = GroupSubspaces(active_ids.to(device, non_blocking=True), mean, basis, low, high)
+        return _Build(subspaces, _no_negatives(device), _token_stats(_no_negatives(device), census.counts))
+    streams = _random_streams(census.active_ids, generator, group_seed, device)
+    positives = _positive_tokens(valid, positive, census, collective)
+    if int(census.pos_total.max()) > settings.max_pos_tokens:
+        positives = _subsample_positives(positives, census, settings.max_pos_tokens, streams, collective)
+    mean, basis = _mean_and_basis(hidden, positives, census, settings, streams, collective)
+    neg_rows, neg_cols = _nonzero_known(valid & (~positive & census.row_active)[:, None], int(census.local_neg.sum()))
+    neg_group = census.active_index[census.row_group[neg_rows]]
+    negatives = _negative_energies(hidden, neg_rows, neg_cols, neg_group, mean, basis, int(census.local_neg.max()))
+    low, high = _quantile_bounds(negatives, len(census.active_ids), int(census.neg_total.max()), settings, collective)
+    subspaces = GroupSubspaces(census.active_ids.to(device, non_blocking=True), mean, basis, low, high)
     # weight_sum needs min_weight, which the callers apply: they fill it in.
-    return _Build(subspaces, negatives, _token_stats(negatives, stats_counts))
+    return _Build(subspaces, negatives, _token_stats(negatives, census.counts))
 
 
 def _nonzero_known(mask: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
@@ -465,13 +588,8 @@ def compute_residual_weights(
     valid_mask: torch.Tensor,
     group_ids: torch.Tensor,
     is_positive: torch.Tensor,
+    settings: SubspaceSettings = SubspaceSettings(),
     *,
-    rank: int = 64,
-    max_pos_tokens: int = 4096,
-    q_low: float = 0.2,
-    q_high: float = 0.8,
-    min_weight: float = 0.1,
-    niter: int = 4,
     generator: torch.Generator | None = None,
     group_seed: int | None = None,
     num_groups: int | None = None,
@@ -481,24 +599,12 @@ def compute_residual_weights(
     ``[0, num_groups)``, which spares a ``torch.unique`` (a GPU synchronisation)."""
     with _exact_fp32(hidden.device.type):
         build = _build(
-            hidden,
-            valid_mask,
-            group_ids,
-            is_positive,
-            num_groups,
-            rank=rank,
-            max_pos_tokens=max_pos_tokens,
-            q_low=q_low,
-            q_high=q_high,
-            niter=niter,
-            generator=generator,
-            group_seed=group_seed,
-            collective=SINGLE_PROCESS,
+            hidden, valid_mask, group_ids, is_positive, settings, num_groups, generator, group_seed, SINGLE_PROCESS
         )
         negatives, subspaces = build.negatives, build.subspaces
         weights = torch.ones(valid_mask.shape, device=hidden.device, dtype=torch.float32)
         token_weight = _weights_from_energy(
-            negatives.energy, subspaces.low[negatives.group], subspaces.high[negatives.group], min_weight
+            negatives.energy, subspaces.low[negatives.group], subspaces.high[negatives.group], settings.min_weight
         )
         weights[negatives.rows, negatives.cols] = token_weight
         return ResidualWeights(weights, build.stats._replace(weight_sum=token_weight.sum()))
@@ -509,13 +615,9 @@ def build_group_subspaces(
     valid_mask: torch.Tensor,
     group_ids: torch.Tensor,
     is_positive: torch.Tensor,
+    settings: SubspaceSettings = SubspaceSettings(),
     *,
     num_groups: int,
-    rank: int = 64,
-    max_pos_tokens: int = 4096,
-    q_low: float = 0.2,
-    q_high: float = 0.8,
-    niter: int = 4,
     generator: torch.Generator | None = None,
     group_seed: int | None = None,
     collective: Collective = SINGLE_PROCESS,
@@ -525,27 +627,54 @@ def build_group_subspaces(
     The rollout-time half of ResRL: steps 1-5 and 7 of :func:`residual_token_weights` for every group, where this
     process holds some rows of some groups and ``collective`` adds up what the processes hold. ``group_ids`` are
     global indices in ``[0, num_groups)``. With the same ``group_seed`` (or ``generator`` state) on every process
-    the result equals that of one process holding all rows. Returns the subspaces and the statistics (group counts
-    summed over processes; energy and alignment sums of this process's negatives, to be summed by the caller; no
-    weight sum).
+    the result equals that of one process holding all rows. ``settings.min_weight`` is not used here (the weights
+    come from :func:`project_onto_group_subspaces`). Returns the subspaces and the statistics (group counts summed
+    over processes; energy and alignment sums of this process's negatives, to be summed by the caller; no weight sum).
     """
     with _exact_fp32(hidden.device.type):
         build = _build(
-            hidden,
-            valid_mask,
-            group_ids,
-            is_positive,
-            num_groups,
-            rank=rank,
-            max_pos_tokens=max_pos_tokens,
-            q_low=q_low,
-            q_high=q_high,
-            niter=niter,
-            generator=generator,
-            group_seed=group_seed,
-            collective=collective,
+            hidden, valid_mask, group_ids, is_positive, settings, num_groups, generator, group_seed, collective
         )
     return build.subspaces, build.stats
+
+
+def _row_subspaces(group_ids: torch.Tensor, subspaces: GroupSubspaces) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's index among ``subspaces`` (clamped into range) and whether its group really has a subspace there."""
+    position = torch.searchsorted(subspaces.group_ids, group_ids.long()).clamp(max=len(subspaces.group_ids) - 1)
+    return position, subspaces.group_ids[position] == group_ids
+
+
+def _energies_at(
+    hidden: torch.Tensor, position: torch.Tensor, has_subspace: torch.Tensor, subspaces: GroupSubspaces
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # A per-row, not per-token, copy of each row's mean and basis.
+    centred = _layer_norm_fp32(hidden) - subspaces.mean[position][:, None, :]
+    energy, alignment = residual_energy(centred, subspaces.basis[position])
+    keep = has_subspace[:, None]
+    return torch.where(keep, energy, 0.0), torch.where(keep, alignment, 0.0)
+
+
+def token_energies(
+    hidden: torch.Tensor, group_ids: torch.Tensor, subspaces: GroupSubspaces
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step 6 at every position of a batch: each token's residual energy against its group's stored subspace.
+
+    ``hidden`` is ``(B, T, H)`` (any float dtype, computed in float32), ``group_ids`` ``(B,)`` global group ids as in
+    ``subspaces``. Returns ``(energy, alignment, row_has_subspace)``: ``(B, T)`` float32 energies
+    ``||z - V V^T z||^2 / H`` and alignments ``||V^T z||^2 / ||z||^2`` (see :func:`residual_energy`), and a ``(B,)``
+    bool saying which rows' groups have a subspace. Rows without one get 0 in both; a non-finite hidden state gives
+    a non-finite energy. Every position is computed, valid or not: mask the result with the valid tokens.
+    """
+    if hidden.dim() != 3 or group_ids.shape != hidden.shape[:1]:
+        raise ValueError(
+            f"hidden must be (B, T, H) and group_ids (B,), got {tuple(hidden.shape)} and {tuple(group_ids.shape)}"
+        )
+    with _exact_fp32(hidden.device.type):
+        if len(subspaces.group_ids) == 0:
+            zeros = torch.zeros(hidden.shape[:2], device=hidden.device, dtype=torch.float32)
+            return zeros, zeros.clone(), torch.zeros(len(group_ids), dtype=torch.bool, device=hidden.device)
+        position, has_subspace = _row_subspaces(group_ids, subspaces)
+        return *_energies_at(hidden, position, has_subspace, subspaces), has_subspace
 
 
 def project_onto_group_subspaces(
@@ -554,14 +683,14 @@ def project_onto_group_subspaces(
     group_ids: torch.Tensor,
     is_positive: torch.Tensor,
     subspaces: GroupSubspaces,
-    *,
-    min_weight: float = 0.1,
+    settings: SubspaceSettings = SubspaceSettings(),
 ) -> ResidualWeights:
     """Per-token weights of the negatives in a batch that may hold any part of each group (the training-step half).
 
     Each valid token of a negative completion whose group has a subspace gets step 6's energy against its group's
-    ``mean`` and ``basis`` and step 7's weight with its group's stored quantiles; every other entry is 1 (so is a
-    token whose hidden state is not finite). Group counts in the statistics are zero: they belong to the rollout (see
+    ``mean`` and ``basis`` and step 7's weight (``settings.min_weight``; the other settings were used when the
+    subspaces were built) with its group's stored quantiles; every other entry is 1 (so is a token whose hidden state
+    is not finite). Group counts in the statistics are zero: they belong to the rollout (see
     :func:`build_group_subspaces`).
 
     It runs without a single device-to-host synchronisation (every shape is known in advance), so it does not stall
@@ -569,27 +698,18 @@ def project_onto_group_subspaces(
     """
     _check_shapes(hidden, valid_mask, group_ids, is_positive)
     with _exact_fp32(hidden.device.type):
-        device, width = hidden.device, hidden.shape[-1]
+        device = hidden.device
         weights = torch.ones(valid_mask.shape, device=device, dtype=torch.float32)
         zero = torch.zeros((), device=device, dtype=torch.float32)
         zero_counts = dict(groups=zero, mixed_groups=zero, skipped_groups=zero, positives=zero, negatives=zero)
-        num_subspaces = len(subspaces.group_ids)
-        if num_subspaces == 0:
+        if len(subspaces.group_ids) == 0:
             return ResidualWeights(weights, _token_stats(_no_negatives(device), zero_counts))
-        # Each row's group among the subspaces (a per-row, not per-token, copy of its mean and basis).
-        position = torch.searchsorted(subspaces.group_ids, group_ids.long()).clamp(max=num_subspaces - 1)
-        row_weighted = (subspaces.group_ids[position] == group_ids) & ~is_positive.bool()
-        centred = _layer_norm_fp32(hidden) - subspaces.mean[position][:, None, :]
-        total_energy = torch.linalg.vector_norm(centred, dim=-1).square()
-        inside_energy = torch.linalg.vector_norm(centred @ subspaces.basis[position], dim=-1).square()
-        del centred
-        energy = (total_energy - inside_energy).clamp(min=0.0) / width
+        position, has_subspace = _row_subspaces(group_ids, subspaces)
+        energy, alignment = _energies_at(hidden, position, has_subspace, subspaces)
         token_weight = _weights_from_energy(
-            energy, subspaces.low[position][:, None], subspaces.high[position][:, None], min_weight
+            energy, subspaces.low[position][:, None], subspaces.high[position][:, None], settings.min_weight
         )
-        weighted = valid_mask.bool() & row_weighted[:, None] & torch.isfinite(token_weight)
-        weights = torch.where(weighted, token_weight, weights)
-        alignment = inside_energy / total_energy.clamp(min=1e-12)
+        weighted = valid_mask.bool() & (has_subspace & ~is_positive.bool())[:, None] & torch.isfinite(token_weight)
         stats = ResidualStats(
             weight_sum=(token_weight * weighted).nansum(),
             energy_sum=(energy * weighted).nansum(),
@@ -597,7 +717,7 @@ def project_onto_group_subspaces(
             weighted_tokens=weighted.sum().float(),
             **zero_counts,
         )
-        return ResidualWeights(weights, stats)
+        return ResidualWeights(torch.where(weighted, token_weight, weights), stats)
 
 
 def residual_token_weights(
@@ -605,13 +725,8 @@ def residual_token_weights(
     valid_mask: torch.Tensor,
     group_ids: torch.Tensor,
     is_positive: torch.Tensor,
+    settings: SubspaceSettings = SubspaceSettings(),
     *,
-    rank: int = 64,
-    max_pos_tokens: int = 4096,
-    q_low: float = 0.2,
-    q_high: float = 0.8,
-    min_weight: float = 0.1,
-    niter: int = 4,
     generator: torch.Generator | None = None,
     group_seed: int | None = None,
 ) -> torch.Tensor:
@@ -638,11 +753,8 @@ def residual_token_weights(
         valid_mask: ``(B, T)`` bool, the tokens that take part (completion tokens, minus tool output or think spans).
         group_ids: ``(B,)`` integer id of each completion's prompt group.
         is_positive: ``(B,)`` bool, whether each completion succeeded (reward above the threshold).
-        rank: subspace rank before clamping (paper: 64).
-        max_pos_tokens: most positive tokens used per group (paper: 4096).
-        q_low, q_high: quantiles of the residual energies mapped to ``min_weight`` and 1 (paper: 0.2, 0.8).
-        min_weight: smallest weight (paper: 0.1).
-        niter: power iterations of the randomised PCA (paper: 4).
+        settings: ``rank``, ``max_pos_tokens``, ``q_low``, ``q_high``, ``min_weight`` and ``niter`` above (see
+            :class:`SubspaceSettings`; the defaults are the paper's).
         generator: source of randomness for subsampling and PCA, drawn group after group in the order of the
             group ids; ``None`` uses the global RNG.
         group_seed: instead of ``generator``, give every group its own stream, seeded from ``group_seed`` and the
@@ -655,18 +767,7 @@ def residual_token_weights(
         exactly 1 elsewhere.
     """
     return compute_residual_weights(
-        hidden,
-        valid_mask,
-        group_ids,
-        is_positive,
-        rank=rank,
-        max_pos_tokens=max_pos_tokens,
-        q_low=q_low,
-        q_high=q_high,
-        min_weight=min_weight,
-        niter=niter,
-        generator=generator,
-        group_seed=group_seed,
+        hidden, valid_mask, group_ids, is_positive, settings, generator=generator, group_seed=group_seed
     ).weights
 
 

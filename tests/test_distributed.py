@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from resrl_trl import compute_residual_weights
+from resrl_trl import SubspaceSettings, compute_residual_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = [
@@ -72,7 +72,7 @@ def test_two_processes_weight_as_one(tmp_path, subspace, batch_size, split_group
             joined["valid"],
             joined["group_ids"],
             joined["is_positive"],
-            rank=4,
+            SubspaceSettings(rank=4),
             group_seed=parts[0]["group_seed"],
         )
         torch.testing.assert_close(joined["weights"], one_process.weights, atol=1e-4, rtol=0)

@@ -11,6 +11,7 @@ import torch
 
 from resrl_trl.residual import (
     Collective,
+    SubspaceSettings,
     build_group_subspaces,
     compute_residual_weights,
     project_onto_group_subspaces,
@@ -54,7 +55,7 @@ def rollout_batch(seed=0, groups=4, group_size=6, length=20, width=24):
     return hidden, valid, group_ids, is_positive
 
 
-SETTINGS = [dict(rank=4), dict(rank=4, max_pos_tokens=15), dict(rank=64)]
+SETTINGS = [SubspaceSettings(rank=4), SubspaceSettings(rank=4, max_pos_tokens=15), SubspaceSettings(rank=64)]
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
@@ -63,10 +64,10 @@ def test_rollout_split_equals_in_step_weights(settings):
     rollout time and projecting in the step gives the in-step weights, from the same random stream."""
     hidden, valid, group_ids, is_positive = rollout_batch()
     in_step = compute_residual_weights(
-        hidden, valid, group_ids, is_positive, generator=torch.Generator().manual_seed(3), **settings
+        hidden, valid, group_ids, is_positive, settings, generator=torch.Generator().manual_seed(3)
     )
     subspaces, stats = build_group_subspaces(
-        hidden, valid, group_ids, is_positive, num_groups=4, generator=torch.Generator().manual_seed(3), **settings
+        hidden, valid, group_ids, is_positive, settings, num_groups=4, generator=torch.Generator().manual_seed(3)
     )
     assert subspaces.group_ids.tolist() == [2, 3]
     projected = project_onto_group_subspaces(hidden, valid, group_ids, is_positive, subspaces)
@@ -81,7 +82,13 @@ def test_any_micro_batch_gets_the_weights_of_the_whole_batch():
     the group's subspace and quantiles, as if the whole group were present."""
     hidden, valid, group_ids, is_positive = rollout_batch(seed=1)
     subspaces, _ = build_group_subspaces(
-        hidden, valid, group_ids, is_positive, num_groups=4, rank=4, generator=torch.Generator().manual_seed(0)
+        hidden,
+        valid,
+        group_ids,
+        is_positive,
+        SubspaceSettings(rank=4),
+        num_groups=4,
+        generator=torch.Generator().manual_seed(0),
     )
     whole = project_onto_group_subspaces(hidden, valid, group_ids, is_positive, subspaces).weights
     order = torch.randperm(len(group_ids), generator=torch.Generator().manual_seed(5))
@@ -97,7 +104,7 @@ def test_groups_spread_over_processes_give_the_one_process_result(cuts, settings
     process holds fewer rows than a group): the subspaces, quantiles and weights equal one process's."""
     hidden, valid, group_ids, is_positive = rollout_batch(seed=2)
     reference, reference_stats = build_group_subspaces(
-        hidden, valid, group_ids, is_positive, num_groups=4, generator=torch.Generator().manual_seed(7), **settings
+        hidden, valid, group_ids, is_positive, settings, num_groups=4, generator=torch.Generator().manual_seed(7)
     )
     reference_weights = project_onto_group_subspaces(hidden, valid, group_ids, is_positive, reference).weights
     slices = torch.arange(len(group_ids)).tensor_split(cuts)
@@ -111,10 +118,10 @@ def test_groups_spread_over_processes_give_the_one_process_result(cuts, settings
             valid[rows],
             group_ids[rows],
             is_positive[rows],
+            settings,
             num_groups=4,
             generator=torch.Generator().manual_seed(7),
             collective=reduce.collective(index),
-            **settings,
         )
         weights = project_onto_group_subspaces(
             hidden[rows], valid[rows], group_ids[rows], is_positive[rows], subspaces
@@ -153,21 +160,23 @@ def test_group_seed_makes_each_group_independent_of_the_batch(settings):
     """With per-group streams a group's weights are the same alone or among other groups (its rows in the same
     order: subsampling keys follow the rows)."""
     hidden, valid, group_ids, is_positive = rollout_batch(seed=4)
-    together = compute_residual_weights(hidden, valid, group_ids, is_positive, group_seed=11, **settings).weights
+    together = compute_residual_weights(hidden, valid, group_ids, is_positive, settings, group_seed=11).weights
     for group in (2, 3):
         rows = (group_ids == group).nonzero().flatten()
         alone = compute_residual_weights(
-            hidden[rows], valid[rows], group_ids[rows], is_positive[rows], group_seed=11, **settings
+            hidden[rows], valid[rows], group_ids[rows], is_positive[rows], settings, group_seed=11
         ).weights
         torch.testing.assert_close(alone, together[rows], atol=1e-5, rtol=0)
-    other_seed = compute_residual_weights(hidden, valid, group_ids, is_positive, group_seed=12, **settings).weights
-    if settings["rank"] == 4:  # a truncated randomised PCA depends on its random start
+    other_seed = compute_residual_weights(hidden, valid, group_ids, is_positive, settings, group_seed=12).weights
+    if settings.rank == 4:  # a truncated randomised PCA depends on its random start
         assert not torch.allclose(other_seed, together, atol=1e-4)
 
 
 def test_projection_leaves_non_finite_tokens_at_one():
     hidden, valid, group_ids, is_positive = rollout_batch()
-    subspaces, _ = build_group_subspaces(hidden, valid, group_ids, is_positive, num_groups=4, rank=4, group_seed=0)
+    subspaces, _ = build_group_subspaces(
+        hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), num_groups=4, group_seed=0
+    )
     clean = project_onto_group_subspaces(hidden, valid, group_ids, is_positive, subspaces)
     negative_row = int(((group_ids == 2) & ~is_positive).nonzero()[0])
     hidden = hidden.clone()

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resrl_trl.residual import compute_residual_weights, residual_token_weights, think_span_mask
+from resrl_trl.residual import (
+    SubspaceSettings,
+    build_group_subspaces,
+    compute_residual_weights,
+    project_onto_group_subspaces,
+    residual_token_weights,
+    think_span_mask,
+    token_energies,
+)
 
 
 def spec_weights(
@@ -73,7 +81,7 @@ def test_matches_exact_spec_on_low_rank_data():
     # Positives lie on a 3-dim affine subspace: after layer norm and centring they span 4 dimensions, so with
     # rank 4 the subspace is well defined and the randomised PCA must find it exactly.
     gen = torch.Generator().manual_seed(0)
-    got = residual_token_weights(hidden, valid, group_ids, is_positive, rank=4, generator=gen)
+    got = residual_token_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=gen)
     want = spec_weights(hidden, valid, group_ids, is_positive, rank=4)
     assert got.dtype == torch.float32 and got.shape == valid.shape
     torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
@@ -95,7 +103,7 @@ def test_default_rank_clamps_to_positive_count_and_width():
 
 def test_rank_clamped_to_hidden_width():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives(width=8, length=20, true_rank=4)
-    got = residual_token_weights(hidden, valid, group_ids, is_positive, rank=64)
+    got = residual_token_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(rank=64))
     # k = H: every centred vector lies in the subspace, all energies ~0 -> flat -> (0.1 + 1) / 2
     negatives = valid & ~is_positive[:, None]
     torch.testing.assert_close(got[negatives], torch.full_like(got[negatives], 0.55))
@@ -125,7 +133,7 @@ def test_fewer_than_four_positive_tokens_skips_group():
 def test_flat_energies_give_midpoint_weight():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives(groups=1)
     hidden[~is_positive] = hidden[0, 0].clone()  # every negative token identical -> identical energies
-    weights = residual_token_weights(hidden, valid, group_ids, is_positive, min_weight=0.2)
+    weights = residual_token_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(min_weight=0.2))
     negatives = valid & ~is_positive[:, None]
     torch.testing.assert_close(weights[negatives], torch.full_like(weights[negatives], 0.6))
 
@@ -134,7 +142,7 @@ def test_bf16_input_computed_in_fp32():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives()
     bf16 = hidden.bfloat16()
     got = residual_token_weights(
-        bf16, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+        bf16, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
     )
     want = spec_weights(bf16.float(), valid, group_ids, is_positive, rank=4)
     assert got.dtype == torch.float32
@@ -144,13 +152,13 @@ def test_bf16_input_computed_in_fp32():
 def test_non_finite_group_is_skipped_and_others_unchanged():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives()
     clean = residual_token_weights(
-        hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+        hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
     )
     hidden[2, 0, 5] = float("nan")  # a valid negative token of group 0
     hidden[4, 1, 0] = float("inf")  # a valid positive token of group 1
     hidden[9, ~valid[9]] = float("nan")  # invalid tokens are never read
     result = compute_residual_weights(
-        hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+        hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
     )
     assert torch.isfinite(result.weights).all()
     assert (result.weights[:8] == 1).all()
@@ -162,16 +170,19 @@ def test_non_finite_group_is_skipped_and_others_unchanged():
 def test_subsampling_keeps_max_pos_tokens_uniformly_and_is_seeded():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives(groups=2, length=40, width=16)
     gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
-    a = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=gen(0))
-    b = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=gen(0))
-    c = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=gen(1))
-    full = residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10_000, generator=gen(0))
+    ten, all_tokens = SubspaceSettings(max_pos_tokens=10), SubspaceSettings(max_pos_tokens=10_000)
+    a = residual_token_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(0))
+    b = residual_token_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(0))
+    c = residual_token_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(1))
+    full = residual_token_weights(hidden, valid, group_ids, is_positive, all_tokens, generator=gen(0))
     torch.testing.assert_close(a, b, atol=0, rtol=0)  # same seed, same subset
     assert not torch.equal(a, c)  # another seed draws another subset
     assert not torch.equal(a, full)
     # With rank 4 (the span of the layer-normed positives), any 10-token subset spans the whole positive set: the
     # weights agree with the full set's up to round-off, which shows the subset is drawn from the right tokens.
-    sub = residual_token_weights(hidden, valid, group_ids, is_positive, rank=4, max_pos_tokens=10, generator=gen(3))
+    sub = residual_token_weights(
+        hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4, max_pos_tokens=10), generator=gen(3)
+    )
     ref = spec_weights(hidden, valid, group_ids, is_positive, rank=4)
     assert (sub - ref).abs().max() < 0.05
 
@@ -181,13 +192,15 @@ def test_does_not_touch_global_rng_when_given_a_generator():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    residual_token_weights(hidden, valid, group_ids, is_positive, max_pos_tokens=10, generator=torch.Generator())
+    residual_token_weights(
+        hidden, valid, group_ids, is_positive, SubspaceSettings(max_pos_tokens=10), generator=torch.Generator()
+    )
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_stats_are_consistent():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives()
-    result = compute_residual_weights(hidden, valid, group_ids, is_positive, rank=4)
+    result = compute_residual_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4))
     negatives = valid & ~is_positive[:, None]
     s = result.stats
     assert s.weighted_tokens == negatives.sum()
@@ -204,6 +217,49 @@ def test_shape_errors_are_clear():
         residual_token_weights(
             torch.zeros(2, 3, 4), torch.ones(2, 4, dtype=torch.bool), torch.zeros(2), torch.zeros(2)
         )
+
+
+@pytest.mark.parametrize(
+    "values, field",
+    [
+        (dict(rank=0), "rank"),
+        (dict(max_pos_tokens=3), "max_pos_tokens"),
+        (dict(q_low=-0.1), "q_low"),
+        (dict(q_low=0.8, q_high=0.8), "q_low < q_high"),
+        (dict(q_high=1.5), "q_high"),
+        (dict(min_weight=1.2), "min_weight"),
+        (dict(min_weight=-0.1), "min_weight"),
+        (dict(niter=-1), "niter"),
+    ],
+)
+def test_subspace_settings_refuse_bad_values_naming_the_field(values, field):
+    with pytest.raises(ValueError, match=field):
+        SubspaceSettings(**values)
+
+
+def test_subspace_settings_defaults_are_the_papers():
+    settings = SubspaceSettings()
+    assert (settings.rank, settings.max_pos_tokens, settings.q_low, settings.q_high) == (64, 4096, 0.2, 0.8)
+    assert (settings.min_weight, settings.niter) == (0.1, 4)
+    SubspaceSettings(rank=1, max_pos_tokens=4, q_low=0.0, q_high=1.0, min_weight=1.0, niter=0)  # the edges are valid
+
+
+def test_token_energies_match_the_projection():
+    """The public per-position energies are the ones the projection weights (at valid negative tokens)."""
+    hidden, valid, group_ids, is_positive = exact_low_rank_positives()
+    subspaces, _ = build_group_subspaces(
+        hidden, valid, group_ids // 7, is_positive, SubspaceSettings(rank=4), num_groups=3, group_seed=0
+    )
+    keep = torch.tensor([True] * 8 + [False] * 4)  # group 2 (the last four rows) has no subspace
+    subspaces = subspaces._replace(**{key: value[:2] for key, value in subspaces._asdict().items()})
+    energy, alignment, has_subspace = token_energies(hidden, group_ids // 7, subspaces)
+    assert energy.shape == alignment.shape == valid.shape and torch.equal(has_subspace, keep)
+    assert (energy[~keep] == 0).all() and (alignment[~keep] == 0).all()
+    projected = project_onto_group_subspaces(hidden, valid, group_ids // 7, is_positive, subspaces)
+    weighted = valid & (keep & ~is_positive)[:, None]
+    torch.testing.assert_close(projected.stats.energy_sum, energy[weighted].sum())
+    torch.testing.assert_close(projected.stats.alignment_sum, alignment[weighted].sum())
+    assert ((alignment[keep] >= 0) & (alignment[keep] <= 1 + 1e-6)).all()
 
 
 def test_think_span_mask():
@@ -234,11 +290,11 @@ def test_autocast_does_not_lower_precision():
     """The trainer calls the weights inside the model's autocast region: the maths must still run in fp32."""
     hidden, valid, group_ids, is_positive = exact_low_rank_positives()
     plain = residual_token_weights(
-        hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+        hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = residual_token_weights(
-            hidden, valid, group_ids, is_positive, rank=4, generator=torch.Generator().manual_seed(0)
+            hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
         )
     torch.testing.assert_close(autocast, plain, atol=0, rtol=0)
 
@@ -261,7 +317,12 @@ def test_reproduces_the_reference_randomised_pca_on_full_rank_data():
         torch.manual_seed(seed)
         reference = spec_weights(hidden, valid, group_ids, is_positive, rank=8, pca_lowrank=True).float()
         ours = residual_token_weights(
-            hidden, valid, group_ids, is_positive, rank=8, generator=torch.Generator().manual_seed(seed)
+            hidden,
+            valid,
+            group_ids,
+            is_positive,
+            SubspaceSettings(rank=8),
+            generator=torch.Generator().manual_seed(seed),
         )
         torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
         assert (reference - exact)[negatives].abs().mean() > 0.01  # the case really is approximate

@@ -78,9 +78,9 @@ def test_rollout_reuses_trl_old_logprob_forward(tmp_path, tokenizer, prompts_dat
     built = []
     real_build = placement_module.build_group_subspaces
 
-    def spy(hidden, valid, group_ids, is_positive, **kwargs):
+    def spy(hidden, valid, *args, **kwargs):
         built.append((hidden.clone(), valid.clone()))
-        return real_build(hidden, valid, group_ids, is_positive, **kwargs)
+        return real_build(hidden, valid, *args, **kwargs)
 
     monkeypatch.setattr(placement_module, "build_group_subspaces", spy)
     own_forward = []

@@ -9,7 +9,7 @@ from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer
 
 import resrl_trl.placement as placement_module
-from resrl_trl import ResRLConfig, ResRLTrainer, compute_residual_weights
+from resrl_trl import ResRLConfig, ResRLTrainer, SubspaceSettings, compute_residual_weights
 from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY, shuffle_groups
 
 
@@ -115,7 +115,7 @@ def test_per_token_advantages_equal_grpo_loss_with_those_advantages(
         batch["completion_mask"].bool(),
         batch[GROUP_IDS_KEY],
         batch[IS_POSITIVE_KEY],
-        rank=4,
+        SubspaceSettings(rank=4),
         group_seed=7,
     )
     assert ((expected.weights < 1) & (expected.weights >= 0.1)).any()  # the test exercises real weights
@@ -267,6 +267,23 @@ def test_tool_output_is_neither_weighted_nor_used_for_the_basis(tmp_path, tokeni
 def test_bad_config_is_refused_with_the_fix(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         ResRLConfig(output_dir=str(tmp_path), **{**COMMON, **overrides})
+
+
+def test_config_maps_its_fields_onto_the_subspace_settings(tmp_path):
+    config = ResRLConfig(
+        output_dir=str(tmp_path),
+        **COMMON,
+        resrl_rank=7,
+        resrl_max_pos_tokens=99,
+        resrl_q_low=0.1,
+        resrl_q_high=0.7,
+        resrl_min_weight=0.25,
+        resrl_pca_niter=2,
+    )
+    assert config.subspace_settings == SubspaceSettings(
+        rank=7, max_pos_tokens=99, q_low=0.1, q_high=0.7, min_weight=0.25, niter=2
+    )
+    assert ResRLConfig(output_dir=str(tmp_path), **COMMON).subspace_settings == SubspaceSettings()
 
 
 def test_hidden_layer_out_of_range_for_model(tmp_path, tokenizer, prompts_dataset):

@@ -11,7 +11,7 @@ from conftest import checksum_reward, grpo_twin, hand_batch, make_model, make_tr
 from peft import LoraConfig
 
 from resrl_trl import ResRLConfig, ResRLTrainer
-from resrl_trl.residual import compute_residual_weights
+from resrl_trl.residual import SubspaceSettings, compute_residual_weights
 from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY
 
 LOSS_TYPES = [
@@ -39,7 +39,12 @@ def test_every_loss_type_uses_the_per_token_advantages(loss_type, extra, tmp_pat
     batch = hand_batch(tokenizer)
     hidden = reference_hidden(resrl.model, batch)
     expected = compute_residual_weights(
-        hidden, batch["completion_mask"].bool(), batch[GROUP_IDS_KEY], batch[IS_POSITIVE_KEY], rank=4, group_seed=7
+        hidden,
+        batch["completion_mask"].bool(),
+        batch[GROUP_IDS_KEY],
+        batch[IS_POSITIVE_KEY],
+        SubspaceSettings(rank=4),
+        group_seed=7,
     )
     factor = torch.where(batch[IS_POSITIVE_KEY][:, None], 0.1, expected.weights)
     resrl._group_seed["train"] = 7

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
 
 import resrl_trl.placement as placement_module  # noqa: E402
-from resrl_trl import ResRLConfig, ResRLTrainer, compute_residual_weights  # noqa: E402
+from resrl_trl import ResRLConfig, ResRLTrainer, SubspaceSettings, compute_residual_weights  # noqa: E402
 from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY  # noqa: E402
 
 GROUP_SIZE = 4
@@ -141,7 +141,7 @@ def main() -> None:
             full["completion_mask"].bool(),
             full[GROUP_IDS_KEY],
             full[IS_POSITIVE_KEY],
-            rank=4,
+            SubspaceSettings(rank=4),
             group_seed=1234,
         ).weights
         expected = local_slice({"w": expected}, rank, world)["w"]
