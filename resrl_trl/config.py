@@ -42,7 +42,7 @@ class ResRLConfig(GRPOConfig):
             (`A = r`), `"nsr"` (`A = r - 1`), `"w_reinforce"` (`A = w_reinforce_lambda` if correct, else -1); or one
             part of ResRL alone, for ablations: `"resrl_pos_only"` (positives x `resrl_pos_weight`, no token
             weights) and `"resrl_tokens_only"` (token weights, positives unscaled). Everything else (sampling, the
-            clipped loss, LoRA, data) is shared.
+            clipped loss, LoRA, data) is shared: `"grpo"` gives TRL's GRPO losses with ResRL's logging.
         w_reinforce_lambda (`float`, *optional*, defaults to `0.1`):
             W-REINFORCE's advantage of a correct completion.
         resrl_rank (`int`, *optional*, defaults to `64`):
@@ -87,11 +87,18 @@ class ResRLConfig(GRPOConfig):
         resrl_seed (`int`, *optional*):
             Seed of ResRL's own random stream (positive-token subsampling and randomised PCA). Defaults to `seed`.
             The stream is separate from the global one, so ResRL does not change which completions are sampled.
+
+    The property `subspace_settings` gives `resrl_rank`, `resrl_max_pos_tokens`, `resrl_q_low`, `resrl_q_high`,
+    `resrl_min_weight` and `resrl_pca_niter` as the [`~resrl_trl.residual.SubspaceSettings`] the maths takes.
     """
 
     advantage_mode: str = field(
         default="resrl",
-        metadata={"help": f"The method, one of {', '.join(ADVANTAGE_MODES)} (default: resrl)."},
+        metadata={
+            "help": f"The method, one of {', '.join(ADVANTAGE_MODES)} (default: resrl). 'grpo' is ResRLTrainer with "
+            "GRPO's advantages: TRL's losses and ResRL's logging (TRL's own trainer, unchanged, is the recipe's "
+            "--trainer_cls GRPOTrainer)."
+        },
     )
     w_reinforce_lambda: float = field(
         default=0.1, metadata={"help": "W-REINFORCE's advantage of a correct completion (paper: 0.1)."}

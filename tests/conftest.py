@@ -1,13 +1,11 @@
 """The tests' shared helpers: tiny models and a character-level tokenizer built in memory (so tests run offline in
-seconds), verifiable rewards, trainers with the tests' settings, hand-made rollout batches, and the recipe module."""
+seconds), verifiable rewards, trainers with the tests' settings, and hand-made rollout batches."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
 import string
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -170,15 +168,3 @@ def reference_hidden(model, batch, index=-2):
         states = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
     length, tokens = input_ids.size(1), batch["completion_ids"].size(1)
     return states[index][:, length - tokens - 1 : length - 1]
-
-
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "math.py"
-
-
-def load_recipe():
-    """recipes/math.py as a module (its name hides the standard library's math, so it is loaded by path)."""
-    spec = importlib.util.spec_from_file_location("math_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import load_recipe
+
+from resrl_trl.recipes.math_recipe import parse_args
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -50,7 +51,7 @@ GPUS = 8  # the config's batch layout is for 8 GPUs
 
 def parse(name: str):
     # --use_cpu: the configs ask for bf16, which the parser checks against the hardware it runs on
-    return load_recipe().parse_args(["--config", str(CONFIGS / name), "--use_cpu", "true"])
+    return parse_args(["--config", str(CONFIGS / name), "--use_cpu", "true"])
 
 
 def test_paper_config_equals_the_reference_table():

@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPE, load_recipe, make_model
+from conftest import make_model
 from safetensors.torch import load_file
+
+from resrl_trl.recipes import math_recipe as recipe
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_no_arguments_means_the_offline_demo():
-    recipe = load_recipe()
     script_args, training_args, model_args = recipe.parse_args([])
     assert script_args.dataset_name == "arithmetic" and script_args.trainer_cls == "ResRLTrainer"
     assert model_args.model_name_or_path is None and model_args.use_peft  # embedded GGUF + LoRA
@@ -24,8 +27,55 @@ def test_no_arguments_means_the_offline_demo():
     assert training_args.max_steps == 2 and script_args.trainer_cls == "GRPOTrainer"
 
 
+def test_the_script_is_a_link_whose_folder_hides_no_module():
+    """Run as a script, recipes/math.py puts the folder of the file it links to first on sys.path: that folder must
+    not hold a module named like one of the standard library's (as recipes/math.py would be)."""
+    script = REPO / "recipes" / "math.py"
+    assert script.is_symlink() and script.resolve() == Path(recipe.__file__).resolve()
+    names = {path.stem for path in script.resolve().parent.iterdir() if path.suffix == ".py"}
+    assert names == {"__init__", "math_recipe"} and not names & set(sys.stdlib_module_names)
+
+
+def test_the_script_runs_with_the_standard_librarys_math():
+    result = subprocess.run(
+        [sys.executable, "recipes/math.py", "--help"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--trainer_cls" in result.stdout and "--advantage_mode" in result.stdout
+
+
+def test_a_missing_demo_config_names_the_flag(monkeypatch, tmp_path):
+    """Installed without the repository, the recipe has no demo config to start from: it says to pass --config."""
+    monkeypatch.setattr(recipe, "DEMO_CONFIG", tmp_path / "demo.yaml")
+    with pytest.raises(FileNotFoundError, match="pass --config"):
+        recipe.parse_args([])
+    assert recipe.parse_args(["--config", str(REPO / "recipes" / "configs" / "demo.yaml")])[0].dataset_name
+
+
+@pytest.mark.parametrize(
+    "flags, refused",
+    [
+        (["--advantage_mode", "grpo"], "--advantage_mode grpo"),
+        (["--resrl_rank", "8"], "--resrl_rank 8"),
+        (["--resrl_subspace", "rollout"], "--resrl_subspace rollout"),
+        (["--resrl_subspace", "step"], None),  # what the default, auto, resolves to with whole groups
+        (["--resrl_rank", "64", "--resrl_q_low", "0.2"], None),  # the defaults, spelled out (as the paper's config)
+        (["--learning_rate", "0.1"], None),
+    ],
+)
+def test_trl_trainer_refuses_resrl_settings(flags, refused):
+    """--trainer_cls GRPOTrainer is TRL unchanged: a ResRL setting changed with it would be silently ignored."""
+    args = recipe.parse_args(["--trainer_cls", "GRPOTrainer", *flags])
+    if refused is None:
+        assert recipe.changed_resrl_settings(args[1]) == []
+        return
+    with pytest.raises(ValueError, match="GRPOTrainer") as error:
+        recipe.setup(*args)
+    assert refused in str(error.value) and "--advantage_mode grpo" in str(error.value)
+    assert recipe.changed_resrl_settings(recipe.parse_args(flags)[1])  # ResRLTrainer takes them
+
+
 def test_unknown_trainer_is_refused():
-    recipe = load_recipe()
     args = recipe.parse_args(["--trainer_cls", "PPOTrainer"])
     with pytest.raises(ValueError, match="--trainer_cls must be one of"):
         recipe.main(*args)
@@ -38,7 +88,6 @@ def test_recipe_trains_a_local_model_with_lora_and_saves_the_adapter(tmp_path, t
     model_dir = tmp_path / "model"
     make_model(tokenizer).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    recipe = load_recipe()
     out = tmp_path / "out"
     args = recipe.parse_args(
         [
@@ -85,7 +134,7 @@ def run_recipe(*flags: str, launcher: tuple[str, ...] = ()) -> subprocess.Comple
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run(
         [*command, *launcher, "recipes/math.py", *flags],
-        cwd=RECIPE.parents[1],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
