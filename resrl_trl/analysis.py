@@ -1,0 +1,204 @@
+"""Measurements that ask where ResRL's effect comes from, as pure tensor functions (no TRL imports).
+
+Three questions a reader of the paper asks and it does not answer:
+
+- **Rank.** How much of the positive tokens' variance does a rank-``k`` subspace keep (:func:`variance_share_by_rank`),
+  and how much do the negatives' weights depend on the rank (:func:`weight_correlation` of the weights at rank ``k``
+  with those at the paper's rank 64)?
+- **Information kept.** Does the subspace separate successful from failed reasoning? Held-out positive tokens, left
+  out of the subspace they are measured against, should have lower residual energy than negative tokens
+  (:func:`heldout_energies`).
+- **Gradient interference.** Positive and negative completions pull the shared output head in different directions.
+  :func:`head_gradient` is the exact gradient of a policy-gradient loss at the output head ``W`` (``logits = h W^T``);
+  :func:`cosine` compares the positives' and the negatives' gradients, with and without ResRL's token weights.
+
+Everything runs in float32 and follows the conventions of :mod:`resrl_trl.residual` (layer norm without affine
+parameters, eps 1e-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .residual import LAYER_NORM_EPS, SubspaceSettings, build_group_subspaces, token_energies
+
+__all__ = [
+    "HeldOutEnergies",
+    "cosine",
+    "head_gradient",
+    "heldout_energies",
+    "interference",
+    "variance_share_by_rank",
+    "weight_correlation",
+]
+
+
+def variance_share_by_rank(positive_hidden: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
+    """Share of a group's centred positive-token variance inside its top-``k`` subspace, for each ``k`` in ``ranks``.
+
+    ``positive_hidden`` is ``(N, H)``: the hidden states of one group's valid positive tokens. As in the weighting,
+    rows are layer-normed and centred; the share is ``sum_{i<=k} s_i^2 / sum_i s_i^2`` over the exact singular values
+    ``s`` of the centred matrix, with ``k`` clamped to ``min(rank, N - 1, H)`` (the rank the weighting would use).
+    Returns ``(len(ranks),)`` float32 values in ``[0, 1]``; NaN when the group has no variance.
+    """
+    x = F.layer_norm(positive_hidden.float(), (positive_hidden.shape[-1],), eps=LAYER_NORM_EPS)
+    centred = x - x.mean(0, keepdim=True)
+    energy = torch.linalg.svdvals(centred).square()
+    cumulative = torch.cumsum(energy, 0)
+    limit = min(positive_hidden.shape[0] - 1, positive_hidden.shape[1])
+    total = cumulative[-1]
+    shares = [
+        cumulative[max(min(k, limit), 1) - 1] / total if total > 0 else torch.tensor(float("nan")) for k in ranks
+    ]
+    return torch.stack(shares).float()
+
+
+def weight_correlation(weights: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> float:
+    """Pearson correlation of two weight maps over the masked entries (the tokens that received weights).
+
+    NaN when fewer than two entries are masked or either map is constant there.
+    """
+    a, b = weights[mask].double(), reference[mask].double()
+    if a.numel() < 2:
+        return float("nan")
+    a, b = a - a.mean(), b - b.mean()
+    denominator = a.norm() * b.norm()
+    return float((a @ b) / denominator) if denominator > 0 else float("nan")
+
+
+class HeldOutEnergies(NamedTuple):
+    positive: torch.Tensor
+    """``(P,)`` residual energies of the held-out positive tokens, against subspaces built without them."""
+    negative: torch.Tensor
+    """``(M,)`` residual energies of the negative tokens of the same groups, against the same subspaces."""
+    separation: float
+    """The probability that a negative token's energy exceeds a held-out positive token's of the same group (ties
+    count half), pooled over groups: 0.5 means no separation, 1 perfect separation."""
+
+
+def heldout_energies(
+    hidden: torch.Tensor,
+    valid_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    is_positive: torch.Tensor,
+    settings: SubspaceSettings | None = None,
+    *,
+    group_seed: int = 0,
+) -> HeldOutEnergies:
+    """Residual energies of held-out positives and of negatives, each against the subspace of the other positives.
+
+    In every group with at least two positive completions and one negative, the first positive completion (lowest
+    row) is held out: the group's subspace (spec steps 1-5) is built from its other positives exactly as the
+    weighting builds it, then step 6's energy is measured for the held-out positive's valid tokens and for the
+    group's valid negative tokens.
+
+    Args:
+        hidden: ``(B, T, H)`` hidden states aligned with the completion tokens, as the weighting reads them.
+        valid_mask: ``(B, T)`` bool.
+        group_ids: ``(B,)`` group ids in ``[0, num_groups)``.
+        is_positive: ``(B,)`` bool.
+        settings: the subspace settings (default: the paper's; only rank, max_pos_tokens and niter matter here).
+        group_seed: seed of each group's random stream (see :func:`resrl_trl.residual.group_stream_seed`).
+    """
+    group_ids, is_positive, valid_mask = group_ids.long(), is_positive.bool(), valid_mask.bool()
+    num_groups = int(group_ids.max()) + 1 if group_ids.numel() else 0
+    rows = torch.arange(len(group_ids), device=group_ids.device)
+    held_out = torch.zeros_like(is_positive)
+    for group in range(num_groups):
+        positives = rows[(group_ids == group) & is_positive]
+        if len(positives) >= 2 and bool(((group_ids == group) & ~is_positive).any()):
+            held_out[positives[0]] = True
+    settings = settings or SubspaceSettings()
+    build_mask = valid_mask & ~held_out[:, None]  # the held-out rows take no part in the build
+    subspaces, _ = build_group_subspaces(
+        hidden, build_mask, group_ids, is_positive, settings, num_groups=num_groups, group_seed=group_seed
+    )
+    energy, _, has_subspace = token_energies(hidden, group_ids, subspaces)
+    groups_with_holdout = torch.zeros(num_groups, dtype=torch.bool, device=group_ids.device)
+    groups_with_holdout[group_ids[held_out]] = True
+    usable = has_subspace & groups_with_holdout[group_ids]
+    positive_tokens = valid_mask & (held_out & usable)[:, None]
+    negative_tokens = valid_mask & (~is_positive & usable)[:, None]
+    pairs = wins = 0.0
+    for group in group_ids[held_out & usable].unique().tolist():
+        in_group = (group_ids == group)[:, None]
+        pos = energy[positive_tokens & in_group].double()
+        neg = energy[negative_tokens & in_group].double()
+        greater = (neg[:, None] > pos[None, :]).double().sum() + 0.5 * (neg[:, None] == pos[None, :]).double().sum()
+        wins += float(greater)
+        pairs += pos.numel() * neg.numel()
+    separation = wins / pairs if pairs else float("nan")
+    return HeldOutEnergies(energy[positive_tokens], energy[negative_tokens], separation)
+
+
+def head_gradient(
+    final_hidden: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, coefficients: torch.Tensor
+) -> torch.Tensor:
+    r"""Gradient, at the output head ``W`` (``logits = h W^T``), of ``L = -sum_t c_t log softmax(logits_t)[y_t]``.
+
+    ``dL/dlogits_t = c_t (softmax(logits_t) - onehot(y_t))``, so ``dL/dW = sum_t c_t (p_t - e_{y_t}) h_t^T``.
+    With ``c_t`` a token's advantage (times its ResRL weight), ``L`` is the policy-gradient loss at ratio 1 (the
+    first step on fresh samples, where clipping is inactive).
+
+    Args:
+        final_hidden: ``(N, H)`` the head's inputs at the scored positions.
+        logits: ``(N, V)`` the head's outputs at those positions.
+        targets: ``(N,)`` the token each position scores.
+        coefficients: ``(N,)`` per-token loss coefficients (advantage, times weight).
+
+    Returns:
+        ``(V, H)`` float32 gradient.
+    """
+    probabilities = torch.softmax(logits.float(), dim=-1)
+    probabilities[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+    probabilities.mul_(coefficients.float()[:, None])
+    return probabilities.mT @ final_hidden.float()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two tensors viewed as flat vectors (NaN if either is zero)."""
+    a, b = a.flatten().double(), b.flatten().double()
+    denominator = a.norm() * b.norm()
+    return float((a @ b) / denominator) if denominator > 0 else float("nan")
+
+
+def interference(
+    final_hidden: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    valid_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    is_positive: torch.Tensor,
+    token_weights: torch.Tensor,
+) -> tuple[float, float]:
+    """Cosine between the positive and the negative completions' head gradients, without and with token weights.
+
+    Args:
+        final_hidden: ``(B, T, H)`` head inputs at the positions that score the completion tokens.
+        logits: ``(B, T, V)`` head outputs at those positions.
+        targets: ``(B, T)`` completion token ids.
+        valid_mask: ``(B, T)`` bool, the tokens in the loss.
+        advantages: ``(B,)`` sequence advantages.
+        is_positive: ``(B,)`` bool.
+        token_weights: ``(B, T)`` ResRL's weights (1 where a token is not weighted).
+
+    Returns:
+        ``(plain, weighted)``: the cosine of ``dL_pos/dW`` with ``dL_neg/dW``, where the negatives' coefficients are
+        their advantages, then their advantages times ``token_weights``. A negative cosine means the two parts of the
+        update pull the head in opposing directions; positives' scaling (``pos_weight``) does not change a cosine.
+    """
+    mask = valid_mask.bool()
+    coefficient = advantages.float()[:, None].expand_as(targets)
+    rows_positive = is_positive.bool()[:, None].expand_as(targets)
+
+    def gradient(select: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return head_gradient(final_hidden[select], logits[select], targets[select], scale[select])
+
+    positive = gradient(mask & rows_positive, coefficient)
+    plain = gradient(mask & ~rows_positive, coefficient)
+    weighted = gradient(mask & ~rows_positive, coefficient * token_weights.float())
+    return cosine(positive, plain), cosine(positive, weighted)

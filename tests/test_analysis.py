@@ -1,0 +1,131 @@
+"""The analysis measurements (resrl_trl.analysis) against independent computations."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from resrl_trl.analysis import (
+    cosine,
+    head_gradient,
+    heldout_energies,
+    interference,
+    variance_share_by_rank,
+    weight_correlation,
+)
+from resrl_trl.residual import SubspaceSettings, build_group_subspaces, token_energies
+
+
+def rows_in_subspace(count: int, width: int, rank: int, generator: torch.Generator) -> torch.Tensor:
+    """Rows spanning a ``rank``-dimensional subspace orthogonal to the all-ones vector, so that layer norm (which
+    subtracts each row's mean and rescales it) keeps every row inside it."""
+    basis = torch.linalg.qr(torch.randn(width, rank + 1, generator=generator)).Q
+    ones = torch.ones(width, 1) / math.sqrt(width)
+    basis = basis - ones @ (ones.T @ basis)
+    basis = torch.linalg.qr(basis).Q[:, :rank]
+    return torch.randn(count, rank, generator=generator) @ basis.T
+
+
+def test_variance_share_matches_the_eigenvalues_of_the_covariance() -> None:
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(40, 16, generator=generator) * torch.linspace(3, 0.1, 16)
+    shares = variance_share_by_rank(hidden, [1, 4, 8, 64])
+    x = F.layer_norm(hidden.double(), (16,), eps=1e-5)
+    centred = x - x.mean(0)
+    eigenvalues = torch.linalg.eigvalsh(centred.T @ centred).flip(0)
+    expected = [float(eigenvalues[:k].sum() / eigenvalues.sum()) for k in (1, 4, 8, 16)]
+    torch.testing.assert_close(shares.double(), torch.tensor(expected, dtype=torch.double), rtol=1e-5, atol=1e-5)
+    assert float(shares[-1]) == 1.0 or abs(float(shares[-1]) - 1.0) < 1e-6  # rank clamped to the width
+
+
+def test_variance_share_is_complete_at_the_data_rank() -> None:
+    generator = torch.Generator().manual_seed(1)
+    hidden = rows_in_subspace(50, 32, 3, generator)
+    shares = variance_share_by_rank(hidden, [1, 2, 3, 8])
+    assert float(shares[1]) < 0.999
+    assert abs(float(shares[2]) - 1.0) < 1e-4 and abs(float(shares[3]) - 1.0) < 1e-4
+    assert bool((shares[1:] >= shares[:-1] - 1e-6).all())
+
+
+def test_weight_correlation() -> None:
+    weights = torch.tensor([[0.1, 0.5, 1.0, 0.3], [1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[True, True, True, True], [False, False, False, False]])
+    assert abs(weight_correlation(weights, weights, mask) - 1.0) < 1e-12
+    assert abs(weight_correlation(weights, 1.1 - weights, mask) + 1.0) < 1e-12
+    other = torch.tensor([[0.2, 0.1, 0.9, 0.4], [0.0, 0.0, 0.0, 0.0]])
+    flat = weights[mask].double()
+    expected = float(torch.corrcoef(torch.stack([flat, other[mask].double()]))[0, 1])
+    assert abs(weight_correlation(weights, other, mask) - expected) < 1e-12
+    assert math.isnan(weight_correlation(weights, weights, torch.zeros_like(mask)))
+
+
+def test_heldout_positives_sit_inside_the_subspace_and_negatives_outside() -> None:
+    generator = torch.Generator().manual_seed(2)
+    width, length = 32, 12
+    # group 0: three positives in a 4-dim subspace, two negatives anywhere; group 1 has one positive (no hold-out)
+    pos = rows_in_subspace(3 * length, width, 4, generator).reshape(3, length, width)
+    neg = torch.randn(2, length, width, generator=generator) * 2
+    lone = torch.randn(3, length, width, generator=generator)
+    hidden = torch.cat([pos, neg, lone])
+    group_ids = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1])
+    is_positive = torch.tensor([True, True, True, False, False, True, False, False])
+    valid = torch.ones(8, length, dtype=torch.bool)
+    result = heldout_energies(hidden, valid, group_ids, is_positive, SubspaceSettings(rank=8), group_seed=3)
+    assert result.positive.numel() == length  # only row 0 is held out
+    assert result.negative.numel() == 2 * length  # only group 0's negatives
+    assert float(result.positive.max()) < 1e-3 < float(result.negative.min())
+    assert result.separation == 1.0
+
+    # The same energies from a subspace built by hand without the held-out row.
+    build_mask = valid.clone()
+    build_mask[0] = False
+    subspaces, _ = build_group_subspaces(
+        hidden, build_mask, group_ids, is_positive, SubspaceSettings(rank=8), num_groups=2, group_seed=3
+    )
+    energy, _, _ = token_energies(hidden, group_ids, subspaces)
+    torch.testing.assert_close(result.positive, energy[0])
+    torch.testing.assert_close(result.negative, energy[3:5].flatten())
+
+
+def test_head_gradient_equals_autograd() -> None:
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(7, 5, generator=generator)
+    head = torch.randn(11, 5, generator=generator, requires_grad=True)
+    targets = torch.randint(0, 11, (7,), generator=generator)
+    coefficients = torch.randn(7, generator=generator)
+    logits = hidden @ head.T
+    loss = -(coefficients * torch.log_softmax(logits, -1)[torch.arange(7), targets]).sum()
+    loss.backward()
+    torch.testing.assert_close(head_gradient(hidden, logits.detach(), targets, coefficients), head.grad)
+
+
+def test_interference_is_the_cosine_of_the_autograd_gradients() -> None:
+    generator = torch.Generator().manual_seed(5)
+    batch, length, width, vocab = 4, 3, 6, 9
+    hidden = torch.randn(batch, length, width, generator=generator)
+    head = torch.randn(vocab, width, generator=generator)
+    logits = hidden @ head.T
+    targets = torch.randint(0, vocab, (batch, length), generator=generator)
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    valid[3, 2] = False
+    advantages = torch.tensor([0.8, 0.8, -0.5, -0.5])
+    is_positive = advantages > 0
+    weights = torch.ones(batch, length)
+    weights[2:] = torch.rand(2, length, generator=generator) * 0.9 + 0.1
+
+    def autograd_gradient(rows: list[int], scale: torch.Tensor) -> torch.Tensor:
+        parameter = head.clone().requires_grad_(True)
+        scores = torch.log_softmax(hidden[rows] @ parameter.T, -1).gather(-1, targets[rows][..., None])[..., 0]
+        (-(advantages[rows, None] * scale[rows] * scores * valid[rows])).sum().backward()
+        return parameter.grad
+
+    positive = autograd_gradient([0, 1], torch.ones(batch, length))
+    plain, weighted = interference(hidden, logits, targets, valid, advantages, is_positive, weights)
+    assert abs(plain - cosine(positive, autograd_gradient([2, 3], torch.ones(batch, length)))) < 1e-5
+    assert abs(weighted - cosine(positive, autograd_gradient([2, 3], weights))) < 1e-5
+    same, same_weighted = interference(
+        hidden, logits, targets, valid, advantages, is_positive, torch.ones_like(weights)
+    )
+    assert same == same_weighted
