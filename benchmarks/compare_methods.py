@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import REPO
+
 METHODS = ("grpo", "nsr", "w_reinforce", "resrl")
 LABELS = {"base": "base model", "grpo": "GRPO", "nsr": "NSR", "w_reinforce": "W-REINFORCE", "resrl": "ResRL"}
 
@@ -34,7 +35,7 @@ def run(argv: list[str], log: Path) -> float:
             check=True,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=REPO,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
         )
     return time.perf_counter() - start
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--work_dir", default="outputs/compare")
     parser.add_argument("--results", default="docs/results.md")
     opts = parser.parse_args()
-    os.chdir(ROOT)  # every path below, and in the commands written to the results, is relative to the repository
+    os.chdir(REPO)  # every path below, and in the commands written to the results, is relative to the repository
     if opts.replot:
         from resrl_trl.plot import plot_pass_at_k
 

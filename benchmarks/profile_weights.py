@@ -6,16 +6,16 @@ python benchmarks/profile_weights.py --device cuda --hidden 576 --groups 4 --len
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from common import median_seconds, sync
 from torch.profiler import ProfilerActivity, profile
 
 from resrl_trl.residual import compute_residual_weights
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--groups", type=int, default=4)
@@ -31,23 +31,15 @@ def main() -> None:
     group_ids = (torch.arange(batch) // opts.group_size).to(opts.device)
     is_positive = ((torch.arange(batch) % opts.group_size) < opts.group_size // 3).to(opts.device)
     gen = torch.Generator(device=opts.device).manual_seed(0)
-    sync = torch.cuda.synchronize if opts.device.startswith("cuda") else (lambda: None)
 
     def run() -> None:
         compute_residual_weights(hidden, valid, group_ids, is_positive, generator=gen)
-        sync()
 
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(10):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    print(f"median {sorted(times)[5] * 1e3:.2f} ms over 10 runs")
+    print(f"median {median_seconds(run, 10, opts.device, warmup=3) * 1e3:.2f} ms over 10 runs")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if opts.device.startswith("cuda") else [])
     with profile(activities=activities) as prof:
         run()
+        sync(opts.device)
     sort = "cuda_time_total" if opts.device.startswith("cuda") else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=18))
 

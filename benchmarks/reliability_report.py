@@ -3,27 +3,26 @@ Markdown.
 
     python benchmarks/reliability_report.py > docs/runs/reliability_report.md
 
-The same scenarios are asserted by tests/test_reliability.py; this script prints what happened in each.
+The same scenarios (resrl_trl/testing/faults.py) are asserted by tests/test_reliability.py; this script prints
+what happened in each.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import peak_memory_mb
 from transformers import TrainerCallback
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import checksum_reward, make_prompts_dataset, make_tokenizer, make_trainer  # noqa: E402
-from test_reliability import CHECKPOINTED, HOSTILE, KillAtStep, Killed, losses  # noqa: E402
-
-from resrl_trl.rewards import MathReward  # noqa: E402
+from resrl_trl.rewards import MathReward
+from resrl_trl.testing.faults import CHECKPOINTED, HOSTILE, KillAtStep, Killed, losses
+from resrl_trl.testing.tiny import checksum_reward, make_prompts_dataset, make_tokenizer, make_trainer
 
 
 def resume_rows(tmp: Path) -> list[str]:
@@ -77,8 +76,7 @@ def long_run_rows(tmp: Path) -> list[str]:
     class Probe(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003, ANN201
             if state.global_step in (1, 50, 100, 150, 200):
-                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                rows.append(f"| {state.global_step} | {rss:.1f} | {hooks()} |")
+                rows.append(f"| {state.global_step} | {peak_memory_mb('cpu'):.1f} | {hooks()} |")
 
     trainer.add_callback(Probe())
     trainer.train()
@@ -88,6 +86,7 @@ def long_run_rows(tmp: Path) -> list[str]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):  # the trainers' own logs
         tmp_path = Path(tmp)

@@ -7,8 +7,8 @@ same settings (2 prompts x 8 completions of up to 64 tokens per step), one after
 alternating for ``--rounds`` rounds so that drift of the machine hits both alike. The rollout time is the time of
 ``_generate_and_score_completions`` (generation, rewards, advantages, ResRL's group bookkeeping, vLLM's weight sync);
 the step time is TRL's logged ``step_time``. The first step of each run (engine start, warm-up) is left out.
-vLLM's CPU build needs the weight-sync shim of the tests (tests/with_vllm/cpu_shim.py); run nothing else meanwhile:
-vLLM pins its threads to the cores. The last line printed is one JSON object with every figure.
+vLLM's CPU build needs the weight-sync patch the vLLM tests use (resrl_trl/testing/vllm_cpu.py); run nothing else
+meanwhile: vLLM pins its threads to the cores. The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "with_vllm"))  # the CPU shim: test-only, never part of the training path
+from common import REPO
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
@@ -91,12 +90,12 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "docs" / "runs" / "vllm_rollout_cpu.json"))
     opts = parser.parse_args()
 
-    import cpu_shim
     import torch
 
     from resrl_trl.models import plain_model_folder
+    from resrl_trl.testing import vllm_cpu
 
-    cpu_shim.install()
+    vllm_cpu.install()
     model_dir = plain_model_folder()
     figures: dict[str, dict[str, list[float]]] = {"transformers": {}, "vllm": {}}
     for _ in range(opts.rounds):

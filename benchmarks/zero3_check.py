@@ -13,23 +13,23 @@ range. It prints one JSON line and exits non-zero on failure.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import sys
-from pathlib import Path
 
 import torch
 from datasets import Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import make_model, make_tokenizer, parity_reward  # noqa: E402
-
-import resrl_trl.placement as placement_module  # noqa: E402
-from resrl_trl import ResRLConfig, ResRLTrainer  # noqa: E402
+import resrl_trl.placement as placement_module
+from resrl_trl import ResRLConfig, ResRLTrainer
+from resrl_trl.testing.tiny import make_model, make_tokenizer, parity_reward
 
 
 def main() -> None:
-    bf16 = "--bf16" in sys.argv[1:]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bf16", action="store_true", help="train and compare in bf16 (looser tolerances)")
+    bf16 = parser.parse_args().bf16
     dtype = torch.bfloat16 if bf16 else torch.float32
     tokenizer = make_tokenizer()
     model = make_model(tokenizer, layers=4)

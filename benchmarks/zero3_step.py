@@ -23,71 +23,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_overhead import QWEN3_1_7B, _tokenizer  # noqa: E402
+from common import (
+    bench_trainer,
+    build_model,
+    device_name,
+    median_seconds,
+    peak_memory_mb,
+    run_in_own_process,
+    sync,
+    synthetic_rollout,
+)
 
 VARIANTS = ("grpo_whole", "resrl_whole", "grpo_part", "resrl_part")
 
 
-def build_model(name: str, dtype: torch.dtype, device: str):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    settings = dict(QWEN3_1_7B)
-    if name == "tiny":
-        settings.update(
-            vocab_size=512,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-        )
-    config = Qwen3Config(**settings)
-    config.dtype = dtype
-    with torch.device(device):
-        return Qwen3ForCausalLM(config).to(dtype)
-
-
-def make_group(group_size: int, prompt_len: int, completion_len: int, vocab: int, device: str) -> dict:
-    g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(completion_len // 2, completion_len + 1, (group_size,), generator=g)
-    completion_mask = (torch.arange(completion_len)[None, :] < lengths[:, None]).long()
-    is_positive = torch.arange(group_size) % 3 == 0
-    rewards = is_positive.float()
-    advantages = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
-    data = {
-        "prompt_ids": torch.randint(100, vocab, (group_size, prompt_len), generator=g),
-        "prompt_mask": torch.ones(group_size, prompt_len, dtype=torch.long),
-        "completion_ids": torch.randint(100, vocab, (group_size, completion_len), generator=g),
-        "completion_mask": completion_mask,
-        "advantages": advantages,
-        "resrl_group_ids": torch.zeros(group_size, dtype=torch.long),
-        "resrl_is_positive": is_positive,
-    }
-    return {k: v.to(device) for k, v in data.items()}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def run_variant(opts: argparse.Namespace) -> dict:
     import deepspeed
-    from datasets import Dataset
     from transformers.integrations import HfDeepSpeedConfig
-    from trl import GRPOConfig, GRPOTrainer
-
-    from resrl_trl import ResRLConfig, ResRLTrainer
 
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
@@ -106,7 +63,10 @@ def run_variant(opts: argparse.Namespace) -> dict:
     }
     zero3_marker = HfDeepSpeedConfig(ds_config)  # noqa: F841  (as accelerate's DeepSpeed plugin: ZeRO-3 is on)
     model = build_model(opts.model, dtype, opts.device)
-    common = dict(
+    trainer = bench_trainer(
+        model,
+        resrl,
+        dict(resrl_subspace="step" if whole else "rollout"),
         output_dir="/tmp/resrl-zero3-bench",
         report_to="none",
         num_generations=opts.group_size,
@@ -118,26 +78,20 @@ def run_variant(opts: argparse.Namespace) -> dict:
         use_cpu=not on_gpu,
         beta=0.0,
     )
-    args = ResRLConfig(**common, resrl_subspace="step" if whole else "rollout") if resrl else GRPOConfig(**common)
-    trainer = (ResRLTrainer if resrl else GRPOTrainer)(
-        model=model,
-        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-        args=args,
-        train_dataset=Dataset.from_dict({"prompt": ["x"] * 8}),
-        processing_class=_tokenizer(),
-    )
     model.activation_checkpointing_enable()  # as Trainer.train() does
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     trainer.model = trainer.model_wrapped = engine
     trainer.current_gradient_accumulation_steps = opts.group_size // micro
     engine.train()
-    group = make_group(opts.group_size, opts.prompt_len, opts.completion_len, model.config.vocab_size, opts.device)
-    group["num_items_in_batch"] = group["completion_mask"].sum()
+    is_positive = torch.arange(opts.group_size) % 3 == 0  # a third of the group
+    group = synthetic_rollout(
+        is_positive, opts.group_size, opts.prompt_len, opts.completion_len, model.config.vocab_size, opts.device
+    )
     parts = [
         {k: v[i : i + micro] if v.dim() else v for k, v in group.items()} for i in range(0, opts.group_size, micro)
     ]
-    timings: dict[str, list[float]] = {"build_s": []}
+    build_times: list[float] = []
 
     def step() -> None:
         if resrl and not whole:  # once per generation: the group's subspace from all its completions
@@ -145,44 +99,38 @@ def run_variant(opts: argparse.Namespace) -> dict:
             start = time.perf_counter()
             trainer._placement.finish_rollout(group, group["resrl_is_positive"], opts.group_size, "train")
             sync(opts.device)
-            timings["build_s"].append(time.perf_counter() - start)
+            build_times.append(time.perf_counter() - start)
         for part in parts:
             loss = trainer._compute_loss(engine, part)
             engine.backward(loss)
             engine.step()
 
-    for _ in range(opts.warmup):
-        step()
-    timings["build_s"].clear()
-    sync(opts.device)
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(opts.steps):
-        start = time.perf_counter()
-        step()
-        sync(opts.device)
-        times.append(time.perf_counter() - start)
-    median = sorted(times)[len(times) // 2]
+    def after_warmup() -> None:
+        build_times.clear()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+
     result = {
-        "step_s": median,
-        "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
+        "step_s": median_seconds(step, opts.steps, opts.device, warmup=opts.warmup, after_warmup=after_warmup),
+        "peak_mem_mb": peak_memory_mb(opts.device) if on_gpu else None,
     }
-    if timings["build_s"]:
-        result["rollout_build_s"] = sorted(timings["build_s"])[len(timings["build_s"]) // 2]
+    if build_times:
+        result["rollout_build_s"] = sorted(build_times)[len(build_times) // 2]
     if resrl:
-        result.update(time_weights_alone(trainer, engine, group, opts))
+        result.update(time_weights_alone(trainer, group, opts))
     return result
 
 
-def time_weights_alone(trainer, engine, group: dict, opts: argparse.Namespace) -> dict:
+def time_weights_alone(trainer, group: dict, opts: argparse.Namespace) -> dict:
     """The ResRL maths alone on this group's hidden states: in-step weights, rollout build, projection."""
+    from resrl_trl.placement import RolloutPlacement
     from resrl_trl.residual import build_group_subspaces, compute_residual_weights, project_onto_group_subspaces
 
     rows = torch.arange(opts.group_size, device=opts.device)
     with torch.no_grad():
         num_chunks = opts.group_size // opts.part_size
-        hidden = trainer._placement._completion_hidden_states(group, rows, num_chunks=num_chunks)
+        # The rollout placement's forward reads the hidden states, whichever placement the variant trains with.
+        hidden = RolloutPlacement(trainer)._completion_hidden_states(group, rows, num_chunks=num_chunks)
     valid, ids, positive = group["completion_mask"].bool(), group["resrl_group_ids"], group["resrl_is_positive"]
     subspaces, _ = build_group_subspaces(hidden, valid, ids, positive, num_groups=1, group_seed=0)
     calls = {
@@ -190,18 +138,7 @@ def time_weights_alone(trainer, engine, group: dict, opts: argparse.Namespace) -
         "weights_build_s": lambda: build_group_subspaces(hidden, valid, ids, positive, num_groups=1, group_seed=0),
         "weights_project_s": lambda: project_onto_group_subspaces(hidden, valid, ids, positive, subspaces),
     }
-    out = {}
-    for name, call in calls.items():
-        call()
-        sync(opts.device)
-        runs = []
-        for _ in range(5):
-            start = time.perf_counter()
-            call()
-            sync(opts.device)
-            runs.append(time.perf_counter() - start)
-        out[name] = sorted(runs)[2]
-    return out
+    return {name: median_seconds(call, 5, opts.device) for name, call in calls.items()}
 
 
 def format_markdown(summary: dict) -> str:
@@ -244,15 +181,10 @@ def main() -> None:
         return
     results = {}
     for variant in opts.variants.split(","):
-        proc = subprocess.run(
-            [sys.executable, __file__, *sys.argv[1:], "--variant", variant], capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            sys.exit(f"variant {variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[variant] = run_in_own_process(__file__, [*sys.argv[1:], "--variant", variant])
         print(variant, results[variant], flush=True)
     summary = {
-        "device": torch.cuda.get_device_name() if opts.device.startswith("cuda") else "cpu",
+        "device": device_name(opts.device),
         "model": opts.model,
         "group": f"{opts.group_size} x ({opts.prompt_len} + {opts.completion_len}) tokens",
         "part_size": opts.part_size,

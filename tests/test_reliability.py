@@ -14,27 +14,7 @@ from transformers import TrainerCallback
 from resrl_trl import ResRLTrainer
 from resrl_trl.rewards import MathReward
 from resrl_trl.safety import STAGING_DIR
-
-CHECKPOINTED = dict(max_steps=4, save_strategy="steps", save_steps=2, resrl_rank=4)
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAtStep(TrainerCallback):
-    """Stops the run dead at the end of a step, as a kill between checkpoints would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003, ANN201
-        if state.global_step == self.step:
-            raise Killed
-
-
-def losses(trainer: ResRLTrainer) -> dict[int, float]:
-    return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+from resrl_trl.testing.faults import CHECKPOINTED, HOSTILE, KillAtStep, Killed, losses
 
 
 @pytest.mark.parametrize("subspace", ["step", "rollout"])
@@ -165,17 +145,6 @@ def test_long_run_memory_is_flat_and_hooks_do_not_accumulate(tmp_path, tokenizer
     assert all(h["resrl/mixed_group_frac"] > 0 for h in trainer.state.log_history if "resrl/mixed_group_frac" in h)
     growth_mb = samples[200][0] - samples[50][0]
     assert growth_mb < 20, f"peak RSS grew by {growth_mb:.1f} MB over 150 steps"
-
-
-HOSTILE = {
-    "power tower": r"The final answer is $\boxed{9^{9^{9^{9^{9}}}}}$",
-    "huge factorial": r"$\boxed{(10^{10})!}$",
-    "deep nesting": r"\boxed{" + "(" * 1500 + "1" + ")" * 1500 + "}",
-    "100k characters": "7 + 5 = " + "1" * 100_000,
-    "empty": "",
-    "invalid UTF-8": b"\xff\xfe\xfa the answer is 12",
-    "truncated": r"So we get \boxed{1",
-}
 
 
 def test_hostile_completions_are_bounded_and_counted():

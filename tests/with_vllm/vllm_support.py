@@ -14,18 +14,13 @@ from trl import GRPOConfig, GRPOTrainer
 
 from resrl_trl import ResRLConfig, ResRLTrainer
 from resrl_trl.data import load_math_dataset
+from resrl_trl.testing.tiny import checksum_reward
 
 # vLLM's CPU build: 1 GiB of KV cache, and the engine in this process (TRL's colocated mode drives it directly).
 VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 SHIM_PATH = Path(__file__).parent / "subprocess_shim"
 TRAINERS: list[GRPOTrainer] = []  # created by the running test, released after it (see release_trainers)
 LORA = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
-
-
-def checksum_reward(completions: list[Any], **kwargs: Any) -> list[float]:
-    """A reward that keeps groups mixed whatever the model writes: the parity of the sum of the character codes."""
-    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    return [float(sum(map(ord, t)) % 2 == 0) for t in texts]
 
 
 def train(
