@@ -17,6 +17,7 @@ from .model_card import RESRL_PAPER, append_settings
 from .placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, make_placement
 from .residual import ResidualStats, group_stream_seed, think_span_mask
 from .safety import SafeTrainingMixin
+from .trainer_logging import TokenStatistics, log_group_counts, show_sequence_advantages
 from .trl_compat import (
     check_trl_internals,
     split_pixel_values_by_grid,
@@ -83,6 +84,19 @@ def decoder_layer_for_hidden_state(model: nn.Module, hidden_layer: int) -> nn.Mo
     return blocks[0][index - 1]
 
 
+def think_marker_ids(processing_class: Any, start: str, end: str) -> tuple[list[int], list[int]]:
+    """The token ids of the think-span markers ``start`` and ``end`` in the tokenizer of ``processing_class``."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    start_ids = tokenizer.encode(start, add_special_tokens=False)
+    end_ids = tokenizer.encode(end, add_special_tokens=False)
+    if not start_ids or not end_ids:
+        raise ValueError(
+            f"resrl_mask_think=True but the tokenizer encodes {start!r} or {end!r} to no tokens; set "
+            "resrl_think_start/resrl_think_end to the markers your model writes"
+        )
+    return start_ids, end_ids
+
+
 class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
     """Trainer for ResRL (Lin et al., "ResRL: Boosting LLM Reasoning via Negative Sample Projection Residual
     Reinforcement Learning", ICML 2026, https://arxiv.org/abs/2605.00380).
@@ -134,21 +148,13 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         self._generations = {"train": 0, "eval": 0}
         self._group_seed = {"train": 0, "eval": 0}  # of the latest generation, per mode
         self._num_groups = {"train": 0, "eval": 0}  # groups in the latest generation (ids are 0..n-1), per mode
-        self._think_markers = self._resolve_think_markers() if args.resrl_mask_think else None
+        self._think_markers = (
+            think_marker_ids(self.processing_class, args.resrl_think_start, args.resrl_think_end)
+            if args.resrl_mask_think
+            else None
+        )
         self._last_rewards_per_func: torch.Tensor | None = None
-        self._token_sums: dict[str, torch.Tensor] = {}  # per mode: weight, energy, alignment sums and token count
-
-    def _resolve_think_markers(self) -> tuple[list[int], list[int]]:
-        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        start = tokenizer.encode(self.args.resrl_think_start, add_special_tokens=False)
-        end = tokenizer.encode(self.args.resrl_think_end, add_special_tokens=False)
-        if not start or not end:
-            raise ValueError(
-                f"resrl_mask_think=True but the tokenizer encodes {self.args.resrl_think_start!r} or "
-                f"{self.args.resrl_think_end!r} to no tokens; set resrl_think_start/resrl_think_end to the markers "
-                "your model writes"
-            )
-        return start, end
+        self._token_stats = TokenStatistics()
 
     # --- Rollouts: remember each completion's group and whether it succeeded. ---
 
@@ -192,25 +198,11 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         finite = torch.isfinite(output["advantages"])
         self._metrics[mode]["resrl/nonfinite_advantages"].append(float((~finite).sum()))
         output["advantages"] = torch.where(finite, output["advantages"], 0.0)
-        self._log_sequence_advantages(all_positive, baseline)
+        # TRL's completions table shows the sequence advantages the method uses, not the GRPO ones TRL logged.
+        show_sequence_advantages(self._logs["advantages"], all_positive, baseline, method, self.args.resrl_pos_weight)
         if self._placement is not None:
             self._placement.finish_rollout(output, all_positive, group_size, mode)
         return output
-
-    def _log_sequence_advantages(self, all_positive: torch.Tensor, baseline: torch.Tensor | None) -> None:
-        """Show in TRL's completions table the sequence advantages the method uses (before token weights), not the
-        GRPO advantages TRL logged (for every process's rows) before ResRL replaced (``baseline``) or scaled them."""
-        logged, count = self._logs["advantages"], len(all_positive)
-        if len(logged) < count or (baseline is None and self.args.advantage_mode not in SCALES_POSITIVES):
-            return  # grpo, resrl_tokens_only: TRL's advantages are the sequence advantages
-        if baseline is None:  # resrl scales positives per token, by one factor for every token
-            trl_advantages = torch.tensor(list(logged)[-count:], dtype=torch.float32)
-            shown = torch.where(all_positive.cpu(), trl_advantages * self.args.resrl_pos_weight, trl_advantages)
-        else:
-            shown = baseline.cpu()
-        for _ in range(count):
-            logged.pop()
-        logged.extend(torch.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0).tolist())
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         if self._placement is None:
@@ -296,26 +288,14 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
     def _log_residual_stats(self, stats: ResidualStats) -> None:
         totals = self.accelerator.reduce(torch.stack(list(stats)), reduction="sum")
         mode = "train" if self.model.training else "eval"
-        # Token statistics are summed over the micro-batches, on the device (no host read in the training step), and
-        # turned into means over all weighted tokens when logged (see log): a micro-batch without weighted tokens
-        # must not count as a mean of 0.
-        self._token_sums[mode] = self._token_sums.get(mode, 0) + totals[:4]
+        self._token_stats.add(mode, totals)  # means over the weighted tokens at the next log
         if self._placement.name == "step":  # else logged once per rollout, for whole groups
-            s = ResidualStats(*totals.tolist())
-            metrics = self._metrics[mode]
-            metrics["resrl/mixed_group_frac"].append(s.mixed_groups / max(s.groups, 1.0))
-            metrics["resrl/skipped_groups"].append(s.skipped_groups)
-            metrics["resrl/positives"].append(s.positives)
-            metrics["resrl/negatives"].append(s.negatives)
+            log_group_counts(self._metrics[mode], ResidualStats(*totals.tolist()))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        sums = self._token_sums.pop(mode, None)
-        weight_sum, energy_sum, alignment_sum, tokens = sums.tolist() if sums is not None else (0.0,) * 4
-        if tokens > 0:  # no weighted token since the last log: no mean to report
-            self._metrics[mode]["resrl/neg_token_weight_mean"] = [weight_sum / tokens]
-            self._metrics[mode]["resrl/residual_energy_mean"] = [energy_sum / tokens]
-            self._metrics[mode]["resrl/neg_alignment_mean"] = [alignment_sum / tokens]
+        for name, mean in self._token_stats.pop_means(mode).items():
+            self._metrics[mode][name] = [mean]
         super().log(logs, start_time)
 
     # --- Saved models carry a card that names ResRL and lists its settings. ---
