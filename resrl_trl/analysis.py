@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .residual import LAYER_NORM_EPS, SubspaceSettings, build_group_subspaces, token_energies
 
 __all__ = [
+    "balanced_partitions",
     "HeldOutEnergies",
     "cosine",
     "head_gradient",
@@ -34,6 +35,7 @@ __all__ = [
     "interference",
     "variance_share_by_rank",
     "weight_correlation",
+    "weighted_negative_share",
 ]
 
 
@@ -202,3 +204,59 @@ def interference(
     plain = gradient(mask & ~rows_positive, coefficient)
     weighted = gradient(mask & ~rows_positive, coefficient * token_weights.float())
     return cosine(positive, plain), cosine(positive, weighted)
+
+
+# --- Group scope: which negatives get token weights when micro-batches hold partial groups. ---
+
+
+def balanced_partitions(lengths: Sequence[int], num_parts: int) -> list[list[int]]:
+    """Split items into ``num_parts`` parts of equal count with nearly equal sums of ``lengths``.
+
+    The largest-differencing (Karmarkar-Karp) heuristic with equal part sizes, as verl's ``balance_batch`` applies it
+    to sequence lengths before each update: items sorted by length are dealt ``num_parts`` at a time into partial
+    solutions (one item per part), and the two partial solutions with the largest spread are repeatedly merged,
+    the heaviest part of one with the lightest of the other. Each returned part lists item indices in increasing
+    order (the order the rows then keep on their GPU).
+    """
+    import heapq
+
+    if len(lengths) % num_parts:
+        raise ValueError(f"{len(lengths)} items do not split into {num_parts} parts of equal size")
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    heap: list[tuple[int, int, list[tuple[int, list[int]]]]] = []
+    for tie, start in enumerate(range(0, len(order), num_parts)):
+        parts = [(lengths[i], [i]) for i in order[start : start + num_parts]]
+        spread = max(s for s, _ in parts) - min(s for s, _ in parts)
+        heapq.heappush(heap, (-spread, tie, parts))
+    tie = len(heap)
+    while len(heap) > 1:
+        _, _, first = heapq.heappop(heap)
+        _, _, second = heapq.heappop(heap)
+        first = sorted(first, key=lambda part: -part[0])
+        second = sorted(second, key=lambda part: part[0])
+        merged = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(first, second, strict=True)]
+        spread = max(s for s, _ in merged) - min(s for s, _ in merged)
+        heapq.heappush(heap, (-spread, tie, merged))
+        tie += 1
+    return [sorted(items) for _, items in heap[0][2]]
+
+
+def weighted_negative_share(
+    group_ids: Sequence[int], is_positive: Sequence[bool], micro_batches: Sequence[Sequence[int]]
+) -> float:
+    """Share of the negatives of mixed groups that get token weights when each micro-batch groups its own rows.
+
+    A negative gets weights when its micro-batch also holds a positive of its group (the reference groups rows by
+    prompt id inside each micro-batch). Mixed groups are counted over the whole batch. NaN without such negatives.
+    """
+    positives_of: dict[int, int] = {}
+    for group, positive in zip(group_ids, is_positive, strict=True):
+        positives_of[group] = positives_of.get(group, 0) + int(positive)
+    eligible = weighted = 0
+    for rows in micro_batches:
+        present = {group_ids[r] for r in rows if is_positive[r]}
+        for r in rows:
+            if not is_positive[r] and positives_of[group_ids[r]] > 0:
+                eligible += 1
+                weighted += group_ids[r] in present
+    return weighted / eligible if eligible else float("nan")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from resrl_trl.analysis import (
+    balanced_partitions,
     cosine,
     head_gradient,
     heldout_energies,
     interference,
     variance_share_by_rank,
     weight_correlation,
+    weighted_negative_share,
 )
 from resrl_trl.residual import SubspaceSettings, build_group_subspaces, token_energies
 
@@ -129,3 +132,29 @@ def test_interference_is_the_cosine_of_the_autograd_gradients() -> None:
         hidden, logits, targets, valid, advantages, is_positive, torch.ones_like(weights)
     )
     assert same == same_weighted
+
+
+def test_balanced_partitions_have_equal_counts_and_close_sums() -> None:
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(100, 4000) for _ in range(64)]
+    parts = balanced_partitions(lengths, 8)
+    assert sorted(i for part in parts for i in part) == list(range(64))
+    assert all(len(part) == 8 and part == sorted(part) for part in parts)
+    sums = [sum(lengths[i] for i in part) for part in parts]
+    contiguous = [sum(lengths[i * 8 : (i + 1) * 8]) for i in range(8)]
+    assert max(sums) - min(sums) < (max(contiguous) - min(contiguous)) / 5
+    assert balanced_partitions([5, 1, 3, 2], 1) == [[0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="equal size"):
+        balanced_partitions([1, 2, 3], 2)
+
+
+def test_weighted_negative_share_counts_negatives_beside_a_positive_of_their_group() -> None:
+    group_ids = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    is_positive = [True, False, False, False, True, True, False, False, False, False, False, False]
+    whole = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert weighted_negative_share(group_ids, is_positive, whole) == 1.0  # group 2 has no positive: not counted
+    split = [[0, 1, 4, 6], [2, 3, 5, 7], [8, 9, 10, 11]]
+    # negatives of mixed groups: rows 1, 2, 3, 6, 7; beside a positive of their group: 1 (row 0), 6 (row 4), 7 (row 5)
+    assert weighted_negative_share(group_ids, is_positive, split) == 3 / 5
