@@ -102,6 +102,7 @@ def train_adapter(base: torch.nn.Module, tokenizer: Any, method: str, seed: int,
         seed=seed,
         use_cpu=True,
         bf16=False,
+        gradient_checkpointing=False,  # a 135M model needs no activation checkpointing
         num_generations=opts.num_generations,
         per_device_train_batch_size=opts.num_generations * opts.prompts_per_step,
         max_completion_length=opts.max_tokens,
@@ -318,15 +319,15 @@ def main() -> None:
     parser.add_argument("--task", default="arithmetic", choices=["arithmetic", "math_short"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--max_steps", type=int, default=6)
+    parser.add_argument("--max_steps", type=int, default=5)
     parser.add_argument("--prompts_per_step", type=int, default=4)
     parser.add_argument("--num_generations", type=int, default=4, help="completions per prompt (paper: 4)")
     parser.add_argument("--max_tokens", type=int, default=16, help="completion length in training and evaluation")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--learning_rate", type=float, default=5e-4)
-    parser.add_argument("--eval_problems", type=int, default=24)
+    parser.add_argument("--eval_problems", type=int, default=16)
     parser.add_argument("--num_samples", type=int, default=8)
-    parser.add_argument("--eval_batch", type=int, default=64, help="sequences per generate call in evaluation")
+    parser.add_argument("--eval_batch", type=int, default=32, help="sequences per generate call in evaluation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work_dir", default="outputs/powered")
     parser.add_argument("--report", nargs="*", metavar="TASK", help="only write the report of these tasks' runs")
