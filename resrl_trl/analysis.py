@@ -33,6 +33,7 @@ __all__ = [
     "head_gradient",
     "heldout_energies",
     "interference",
+    "positive_negative_cosine",
     "variance_share_by_rank",
     "weight_correlation",
     "weighted_negative_share",
@@ -168,6 +169,28 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denominator) if denominator > 0 else float("nan")
 
 
+def positive_negative_cosine(
+    final_hidden: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    valid_mask: torch.Tensor,
+    is_positive: torch.Tensor,
+    coefficients: torch.Tensor,
+) -> float:
+    """Cosine between the head gradients of the positive and of the negative completions' tokens.
+
+    ``coefficients`` is ``(B, T)``: each token's loss coefficient (its advantage, times its weight); the other
+    arguments are as in :func:`interference`.
+    """
+    mask = valid_mask.bool()
+    rows_positive = is_positive.bool()[:, None].expand_as(mask)
+
+    def gradient(select: torch.Tensor) -> torch.Tensor:
+        return head_gradient(final_hidden[select], logits[select], targets[select], coefficients[select])
+
+    return cosine(gradient(mask & rows_positive), gradient(mask & ~rows_positive))
+
+
 def interference(
     final_hidden: torch.Tensor,
     logits: torch.Tensor,
@@ -193,17 +216,10 @@ def interference(
         their advantages, then their advantages times ``token_weights``. A negative cosine means the two parts of the
         update pull the head in opposing directions; positives' scaling (``pos_weight``) does not change a cosine.
     """
-    mask = valid_mask.bool()
     coefficient = advantages.float()[:, None].expand_as(targets)
-    rows_positive = is_positive.bool()[:, None].expand_as(targets)
-
-    def gradient(select: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return head_gradient(final_hidden[select], logits[select], targets[select], scale[select])
-
-    positive = gradient(mask & rows_positive, coefficient)
-    plain = gradient(mask & ~rows_positive, coefficient)
-    weighted = gradient(mask & ~rows_positive, coefficient * token_weights.float())
-    return cosine(positive, plain), cosine(positive, weighted)
+    arguments = (final_hidden, logits, targets, valid_mask, is_positive)
+    plain = positive_negative_cosine(*arguments, coefficient)
+    return plain, positive_negative_cosine(*arguments, coefficient * token_weights.float())
 
 
 # --- Group scope: which negatives get token weights when micro-batches hold partial groups. ---
