@@ -31,6 +31,7 @@ __all__ = [
     "HeldOutEnergies",
     "cosine",
     "head_gradient",
+    "head_gradient_inner",
     "heldout_energies",
     "interference",
     "positive_negative_cosine",
@@ -169,6 +170,27 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denominator) if denominator > 0 else float("nan")
 
 
+def head_gradient_inner(
+    first: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    second: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The inner product of two :func:`head_gradient` results, without forming either ``(V, H)`` gradient.
+
+    Each argument is ``(final_hidden (N, H), logits (N, V), targets (N,), coefficients (N,))``. With
+    ``g_s = softmax(logits_s) - e_{y_s}``, ``<G_a, G_b> = sum_{s in a, t in b} c_s c_t (g_s . g_t)(h_s . h_t)``, and
+    ``g_s . g_t = p_s . p_t - p_s[y_t] - p_t[y_s] + [y_s = y_t]``: memory ``O(N V + N_a N_b)`` instead of ``O(V H)``.
+    """
+    (h_a, z_a, y_a, c_a), (h_b, z_b, y_b, c_b) = first, second
+    p_a, p_b = torch.softmax(z_a.float(), -1), torch.softmax(z_b.float(), -1)
+    probability_products = p_a @ p_b.mT
+    probability_products -= p_a.index_select(1, y_b)  # p_s[y_t]
+    probability_products -= p_b.index_select(1, y_a).mT  # p_t[y_s]
+    probability_products += (y_a[:, None] == y_b[None, :]).float()
+    hidden_products = h_a.float() @ h_b.float().mT
+    return (c_a.float()[:, None] * c_b.float()[None, :] * probability_products * hidden_products).sum()
+
+
+@torch.no_grad()
 def positive_negative_cosine(
     final_hidden: torch.Tensor,
     logits: torch.Tensor,
@@ -180,15 +202,19 @@ def positive_negative_cosine(
     """Cosine between the head gradients of the positive and of the negative completions' tokens.
 
     ``coefficients`` is ``(B, T)``: each token's loss coefficient (its advantage, times its weight); the other
-    arguments are as in :func:`interference`.
+    arguments are as in :func:`interference`. Computed with :func:`head_gradient_inner` (no ``(V, H)`` tensor).
     """
     mask = valid_mask.bool()
     rows_positive = is_positive.bool()[:, None].expand_as(mask)
 
-    def gradient(select: torch.Tensor) -> torch.Tensor:
-        return head_gradient(final_hidden[select], logits[select], targets[select], coefficients[select])
+    def part(select: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return final_hidden[select], logits[select], targets[select], coefficients[select]
 
-    return cosine(gradient(mask & rows_positive), gradient(mask & ~rows_positive))
+    positive, negative = part(mask & rows_positive), part(mask & ~rows_positive)
+    norms = head_gradient_inner(positive, positive) * head_gradient_inner(negative, negative)
+    if not norms > 0:
+        return float("nan")
+    return float(head_gradient_inner(positive, negative) / norms.sqrt())
 
 
 def interference(

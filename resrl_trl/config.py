@@ -87,6 +87,11 @@ class ResRLConfig(GRPOConfig):
         resrl_seed (`int`, *optional*):
             Seed of ResRL's own random stream (positive-token subsampling and randomised PCA). Defaults to `seed`.
             The stream is separate from the global one, so ResRL does not change which completions are sampled.
+        resrl_log_interference (`bool`, *optional*, defaults to `False`):
+            Also log, per training step, the cosine between the positive and the negative completions' policy
+            gradient at the output head, with and without ResRL's token weights (`resrl/head_cosine_plain`,
+            `resrl/head_cosine_weighted`; see `resrl_trl.analysis`). Modes with token weights only. Costs a softmax
+            over the vocabulary per completion token and two `vocab x hidden` products.
 
     The property `subspace_settings` gives `resrl_rank`, `resrl_max_pos_tokens`, `resrl_q_low`, `resrl_q_high`,
     `resrl_min_weight` and `resrl_pca_niter` as the [`~resrl_trl.residual.SubspaceSettings`] the maths takes.
@@ -138,6 +143,10 @@ class ResRLConfig(GRPOConfig):
     )
     resrl_seed: int | None = field(
         default=None, metadata={"help": "Seed of ResRL's own random stream; defaults to `seed`."}
+    )
+    resrl_log_interference: bool = field(
+        default=False,
+        metadata={"help": "Log the positive/negative head-gradient cosine, with and without token weights."},
     )
 
     def __post_init__(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from .model_card import RESRL_PAPER, append_settings
 from .placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, make_placement
 from .residual import ResidualStats, group_stream_seed, think_span_mask
 from .safety import SafeTrainingMixin
-from .trainer_logging import TokenStatistics, log_group_counts, show_sequence_advantages
+from .trainer_logging import HeadProbe, TokenStatistics, log_group_counts, show_sequence_advantages
 from .trl_compat import (
     check_trl_internals,
     split_pixel_values_by_grid,
@@ -243,8 +244,11 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
             found.append(self._apply_residual_weights(hidden.detach(), inputs))
 
         handle = self._resrl_layer.register_forward_hook(hook)
+        sequence_advantages = inputs["advantages"]
+        probe = HeadProbe(self.accelerator.unwrap_model(model))
         try:
-            loss = super()._compute_loss(model, inputs)
+            with probe if self.args.resrl_log_interference else contextlib.nullcontext():
+                loss = super()._compute_loss(model, inputs)
         finally:
             handle.remove()  # before backward: gradient-checkpoint recomputation never reaches the hook
         if not found:
@@ -253,6 +257,14 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
                 "not run its decoder blocks as nn.Module calls"
             )
         self._log_residual_stats(found[0])
+        if self.args.resrl_log_interference:
+            plain, weighted = probe.cosines(
+                inputs["completion_ids"], self._valid_tokens(inputs), inputs[IS_POSITIVE_KEY], sequence_advantages,
+                inputs["advantages"], self.temperature, seed=self._step,
+            )  # fmt: skip
+            metrics = self._metrics["train" if self.model.training else "eval"]
+            metrics["resrl/head_cosine_plain"].append(plain)
+            metrics["resrl/head_cosine_weighted"].append(weighted)
         return loss
 
     def _apply_residual_weights(self, hidden: torch.Tensor, inputs: dict[str, Any]) -> ResidualStats:

@@ -65,3 +65,68 @@ def show_sequence_advantages(
     for _ in range(count):
         logged.pop()
     logged.extend(torch.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0).tolist())
+
+
+class HeadProbe:
+    """Measures the positive/negative gradient interference at the output head during a training forward.
+
+    TRL scores tokens with a fused head (the logits never exist as one tensor), so the probe keeps a reference to the
+    decoder's final hidden states (the head's input) from the first forward call, and applies the head itself to at
+    most ``max_tokens`` sampled completion tokens per side (positive, negative) of the micro-batch.
+    """
+
+    def __init__(self, model: torch.nn.Module, max_tokens: int = 256) -> None:
+        self.decoder, self.head, self.max_tokens = model.get_decoder(), model.get_output_embeddings(), max_tokens
+        self.final_hidden: torch.Tensor | None = None
+        self._handle = None
+
+    def __enter__(self) -> HeadProbe:
+        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
+            if self.final_hidden is None:
+                hidden = getattr(output, "last_hidden_state", None)
+                self.final_hidden = (hidden if hidden is not None else output[0]).detach()
+
+        self._handle = self.decoder.register_forward_hook(hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    @torch.no_grad()
+    def cosines(
+        self,
+        completion_ids: torch.Tensor,
+        valid: torch.Tensor,
+        is_positive: torch.Tensor,
+        sequence_advantages: torch.Tensor,
+        token_advantages: torch.Tensor,
+        temperature: float,
+        seed: int,
+    ) -> tuple[float, float]:
+        """``(plain, weighted)`` cosines (see :func:`resrl_trl.analysis.positive_negative_cosine`): loss coefficients
+        are the sequence advantages, then the per-token advantages the loss used."""
+        from .analysis import positive_negative_cosine
+
+        if self.final_hidden is None:
+            raise RuntimeError("resrl_log_interference: the decoder did not run in the training forward")
+        length = completion_ids.size(1)
+        final = self.final_hidden[:, -length - 1 : -1]  # the positions whose logits score the completion tokens
+        keep = torch.zeros_like(valid, dtype=torch.bool)
+        generator = torch.Generator(device=valid.device).manual_seed(seed)
+        for side in (is_positive.bool(), ~is_positive.bool()):
+            candidates = (valid.bool() & side[:, None]).flatten().nonzero().squeeze(1)
+            order = torch.randperm(len(candidates), generator=generator, device=valid.device)
+            keep.view(-1)[candidates[order[: self.max_tokens]]] = True
+        rows, cols = keep.nonzero(as_tuple=True)
+        logits = self.head(final[rows, cols]).float() / temperature
+        if sequence_advantages.dim() == 1:
+            sequence_advantages = sequence_advantages[:, None]
+
+        def cosine(coefficients: torch.Tensor) -> float:
+            return positive_negative_cosine(
+                final[rows, cols][:, None], logits[:, None], completion_ids[rows, cols][:, None],
+                torch.ones(len(rows), 1, dtype=torch.bool, device=valid.device), is_positive[rows],
+                coefficients.expand_as(valid)[rows, cols][:, None].float(),
+            )  # fmt: skip
+
+        return cosine(sequence_advantages), cosine(token_advantages)

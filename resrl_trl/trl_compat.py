@@ -65,6 +65,7 @@ ATTRIBUTES = (
     "num_iterations",
     "reward_funcs",
     "reward_weights",
+    "temperature",
     "use_vllm",
     "vllm_importance_sampling_correction",
 )

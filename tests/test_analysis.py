@@ -12,6 +12,7 @@ from resrl_trl.analysis import (
     balanced_partitions,
     cosine,
     head_gradient,
+    head_gradient_inner,
     heldout_energies,
     interference,
     variance_share_by_rank,
@@ -158,3 +159,19 @@ def test_weighted_negative_share_counts_negatives_beside_a_positive_of_their_gro
     split = [[0, 1, 4, 6], [2, 3, 5, 7], [8, 9, 10, 11]]
     # negatives of mixed groups: rows 1, 2, 3, 6, 7; beside a positive of their group: 1 (row 0), 6 (row 4), 7 (row 5)
     assert weighted_negative_share(group_ids, is_positive, split) == 3 / 5
+
+
+def test_head_gradient_inner_product_without_the_gradients() -> None:
+    generator = torch.Generator().manual_seed(6)
+
+    def part(count: int) -> tuple[torch.Tensor, ...]:
+        return (
+            torch.randn(count, 5, generator=generator),
+            torch.randn(count, 11, generator=generator),
+            torch.randint(0, 11, (count,), generator=generator),
+            torch.randn(count, generator=generator),
+        )
+
+    first, second = part(6), part(4)
+    expected = (head_gradient(*first).double() * head_gradient(*second).double()).sum()
+    torch.testing.assert_close(head_gradient_inner(first, second).double(), expected, rtol=1e-5, atol=1e-6)

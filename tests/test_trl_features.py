@@ -72,6 +72,7 @@ FEATURES = {
     "scale_rewards=batch": {"scale_rewards": "batch"},
     "two rewards, normalize_then_sum": {"rewards": 2, "multi_objective_aggregation": "normalize_then_sum"},
     "two weighted rewards, sum_then_normalize": {"rewards": 2, "reward_weights": [1.0, 0.5]},
+    "head interference logged, LoRA": {"resrl_log_interference": True, "peft": True},
     "rollout placement, num_iterations=2": {
         "per_device_train_batch_size": 2,
         "gradient_accumulation_steps": 4,
@@ -105,6 +106,9 @@ def test_trl_feature_trains_with_token_weights(feature, tmp_path, tokenizer, pro
     assert logs and all(math.isfinite(h["loss"]) for h in logs)
     weighted = [h for h in logs if h.get("resrl/neg_token_weight_mean") is not None]
     assert weighted and all(0.1 <= h["resrl/neg_token_weight_mean"] <= 1.0 for h in weighted)
+    if settings.get("resrl_log_interference"):
+        cosines = [h["resrl/head_cosine_weighted"] for h in logs if "resrl/head_cosine_weighted" in h]
+        assert cosines and all(-1 <= c <= 1 for c in cosines if not math.isnan(c))
     moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert moved, "the run did not update the trained parameters"
 
@@ -163,3 +167,31 @@ def test_reward_funcs_may_be_omitted_as_in_trl(tmp_path, tokenizer, prompts_data
     args = ResRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, num_generations=4, report_to="none")
     with pytest.raises(ValueError, match="No reward source provided"):
         ResRLTrainer(make_model(tokenizer), args=args, train_dataset=prompts_dataset, processing_class=tokenizer)
+
+
+def test_logged_head_interference_matches_the_analysis(tmp_path, tokenizer, prompts_dataset):
+    """resrl_log_interference logs analysis.interference of the training forward's head inputs and logits."""
+    from resrl_trl.analysis import interference
+
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts_dataset, resrl_rank=4, resrl_log_interference=True, gradient_checkpointing=False
+    )
+    trainer._group_seed["train"] = 7
+    batch = hand_batch(tokenizer)
+    trainer._compute_loss(trainer.model, batch)
+    logged = trainer._metrics["train"]
+    plain, weighted = logged["resrl/head_cosine_plain"][-1], logged["resrl/head_cosine_weighted"][-1]
+
+    hidden = reference_hidden(trainer.model, batch)
+    final = reference_hidden(trainer.model, batch, index=-1)  # the head's input: the final-normed states
+    logits = trainer.model.get_output_embeddings()(final) / trainer.temperature
+    weights = compute_residual_weights(
+        hidden, batch["completion_mask"].bool(), batch[GROUP_IDS_KEY], batch[IS_POSITIVE_KEY],
+        SubspaceSettings(rank=4), group_seed=7,
+    ).weights  # fmt: skip
+    expected = interference(
+        final, logits, batch["completion_ids"], batch["completion_mask"].bool(), batch["advantages"],
+        batch[IS_POSITIVE_KEY], weights,
+    )  # fmt: skip
+    assert plain == pytest.approx(expected[0], abs=1e-4) and weighted == pytest.approx(expected[1], abs=1e-4)
+    assert plain != pytest.approx(weighted, abs=1e-6)  # the weights change the negatives' gradient
