@@ -1,7 +1,7 @@
 """Answer checking that model output cannot hang or exhaust: a worker process with a time and memory limit.
 
 A completion is text the model chose; parsing it with LaTeX/SymPy can take unbounded time (deep nesting, huge
-powers) or memory. :class:`BoundedChecker` runs :func:`resrl_trl.rewards.score_answer` in a separate process
+powers) or memory. :class:`BoundedChecker` runs :func:`resrl_trl.answer_parsing.score_answer` in a separate process
 (``python -m resrl_trl.answer_check``) whose address space is limited, waits at most ``timeout_s`` per completion,
 and kills and replaces the worker when a check runs over. It works from any thread (math-verify's own time-outs rely
 on ``signal.alarm``, which only the main thread has), and a parser crash or ``MemoryError`` costs one completion,
@@ -117,7 +117,7 @@ def _serve(memory_mb: int) -> None:
     """The worker: bound the address space, then answer one JSON line per check."""
     limit = memory_mb * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    from .rewards import score_answer  # imported under the limit: SymPy's allocations count too
+    from .answer_parsing import score_answer  # imported under the limit: SymPy's allocations count too
 
     print("ready", flush=True)
     for line in sys.stdin:
