@@ -131,9 +131,9 @@ def main() -> None:
             groups.hidden, groups.completion_mask, groups.group_ids, is_positive, paper, group_seed=opts.seed
         )
         advantages = grpo_advantages(groups.rewards.nan_to_num(0.0), groups.group_ids)
-        plain, weighted_cosine = interference(
-            groups.final_hidden, groups.logits, groups.completion_ids, groups.completion_mask, advantages,
-            is_positive, weights[64],
+        plain, weighted_cosine = interference(  # the sampling distribution: logits over the temperature, as in TRL
+            groups.final_hidden, groups.logits / opts.temperature, groups.completion_ids, groups.completion_mask,
+            advantages, is_positive, weights[64],
         )  # fmt: skip
         report["steps"].append(
             {
@@ -154,6 +154,9 @@ def main() -> None:
 
 def print_tables(report: dict) -> None:
     groups = report["groups"]
+    if not groups:
+        print("No prompt group held both a positive and a negative completion: sample more prompts.")
+        return
     median_tokens = np.median([g["positive_tokens"] for g in groups])
     print(f"\n{len(groups)} mixed groups; positive tokens per group: median {median_tokens:.0f}")
     print("\n| rank | variance share kept (mean over groups) | weight correlation with rank 64 (mean) |")
@@ -176,6 +179,9 @@ def print_tables(report: dict) -> None:
         cosines = f"{s['cosine_plain']:.3f} | {s['cosine_weighted']:.3f}"
         print(f"| {s['step']} | {s['positives']} | {s['negatives']} | {cosines} |")
     both = [(s["cosine_plain"], s["cosine_weighted"]) for s in report["steps"] if s["positives"] and s["negatives"]]
+    if not both:
+        print("\nNo step held both positive and negative completions: no interference to measure.")
+        return
     plain, weighted = np.array(both).T
     closer = int(np.sum(np.abs(weighted) < np.abs(plain)))
     print(

@@ -47,8 +47,16 @@ LABELS = {
     "resrl_pos_only": "ResRL pos-only",
     "resrl_tokens_only": "ResRL tokens-only",
 }
-# Student-t 0.975 quantiles by degrees of freedom (scipy is not a dependency).
+# Student-t 0.975 quantiles by degrees of freedom (scipy is not a dependency); beyond the table, a series in 1/df.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def t_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (Cornish-Fisher series beyond the table)."""
+    if df in T_975:
+        return T_975[df]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def math_short(split: str, seed: int) -> Dataset:
@@ -122,7 +130,7 @@ def train_adapter(base: torch.nn.Module, tokenizer: Any, method: str, seed: int,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         task_type="CAUSAL_LM",
     )
-    torch.manual_seed(seed)  # the LoRA initialisation: the same for every method of a seed
+    # TRL seeds with args.seed before wrapping the model in LoRA: every method of a seed starts from the same adapter.
     trainer = ResRLTrainer(
         model=copy.deepcopy(base),
         reward_funcs=math_reward,
@@ -231,7 +239,7 @@ def run_study(opts: argparse.Namespace) -> None:
 
 
 def metric_values(summary: dict) -> dict[str, float]:
-    """The compared metrics of one run, in %."""
+    """The compared metrics of one run: Avg@n and Pass@k in %, distinct final answers per problem as a count."""
     n = summary["num_samples"]
     values = {f"Avg@{n}": 100 * summary[f"avg@{n}"]["mean"]}
     for k in ("1", "4", str(n)):
@@ -246,7 +254,7 @@ def paired_interval(differences: list[float]) -> tuple[float, float, float]:
     mean = float(values.mean())
     if len(values) < 2:
         return mean, math.nan, math.nan
-    half = T_975.get(len(values) - 1, 1.96) * float(values.std(ddof=1)) / math.sqrt(len(values))
+    half = t_975(len(values) - 1) * float(values.std(ddof=1)) / math.sqrt(len(values))
     return mean, mean - half, mean + half
 
 
@@ -259,6 +267,8 @@ def report(tasks: list[str], work_dir: str) -> str:
             summary = json.loads(path.read_text())
             runs.setdefault(summary["run"]["method"], {})[summary["run"]["seed"]] = summary
         methods = [m for m in METHODS if m in runs]
+        if not methods:
+            continue
         seeds = sorted(set.intersection(*(set(runs[m]) for m in methods)))
         if not seeds:
             continue
@@ -290,7 +300,8 @@ def report(tasks: list[str], work_dir: str) -> str:
             lines += [
                 "",
                 f"Paired difference against {LABELS[reference]} (method minus {LABELS[reference]}; mean over seeds "
-                "[95% t-interval]; * = the interval excludes 0):",
+                "[95% t-interval over seeds]; * = the interval excludes 0, with no correction for the number of "
+                "comparisons):",
                 "",
                 "| method | " + " | ".join(metrics) + " |",
                 "| --- |" + " ---: |" * len(metrics),

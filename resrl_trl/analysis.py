@@ -18,6 +18,7 @@ parameters, eps 1e-5).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -258,9 +259,9 @@ def balanced_partitions(lengths: Sequence[int], num_parts: int) -> list[list[int
     to sequence lengths before each update: items sorted by length are dealt ``num_parts`` at a time into partial
     solutions (one item per part), and the two partial solutions with the largest spread are repeatedly merged,
     the heaviest part of one with the lightest of the other. Each returned part lists item indices in increasing
-    order (the order the rows then keep on their GPU).
+    order (the order the rows then keep on their GPU). Ties between equal lengths or spreads may be broken
+    differently from verl's code, which changes which rows share a part but not the balance.
     """
-    import heapq
 
     if len(lengths) % num_parts:
         raise ValueError(f"{len(lengths)} items do not split into {num_parts} parts of equal size")

@@ -88,10 +88,12 @@ class ResRLConfig(GRPOConfig):
             Seed of ResRL's own random stream (positive-token subsampling and randomised PCA). Defaults to `seed`.
             The stream is separate from the global one, so ResRL does not change which completions are sampled.
         resrl_log_interference (`bool`, *optional*, defaults to `False`):
-            Also log, per training step, the cosine between the positive and the negative completions' policy
-            gradient at the output head, with and without ResRL's token weights (`resrl/head_cosine_plain`,
-            `resrl/head_cosine_weighted`; see `resrl_trl.analysis`). Modes with token weights only. Costs a softmax
-            over the vocabulary per completion token and two `vocab x hidden` products.
+            Also log the cosine between the positive and the negative completions' policy gradient at the output
+            head, with and without ResRL's token weights (`resrl/head_cosine_plain`, `resrl/head_cosine_weighted`;
+            see `resrl_trl.analysis`): computed per micro-batch on up to 256 sampled tokens per side, and logged as
+            the mean over the micro-batches since the last log, on the main process. Costs the head and a softmax
+            over the vocabulary for those tokens. Modes with token weights only; refused under ZeRO-3/FSDP and for
+            models that scale or soft-cap their logits.
 
     The property `subspace_settings` gives `resrl_rank`, `resrl_max_pos_tokens`, `resrl_q_low`, `resrl_q_high`,
     `resrl_min_weight` and `resrl_pca_niter` as the [`~resrl_trl.residual.SubspaceSettings`] the maths takes.
@@ -173,6 +175,11 @@ class ResRLConfig(GRPOConfig):
             problems.append(
                 f"resrl_hidden_layer={self.resrl_hidden_layer} is not a decoder block's output (0 is the embeddings, "
                 "-1 the final-normed output); use -2 (the paper's choice) or another block"
+            )
+        if self.resrl_log_interference and self.advantage_mode not in USES_TOKEN_WEIGHTS:
+            problems.append(
+                f"resrl_log_interference compares gradients with and without token weights, which advantage_mode "
+                f"{self.advantage_mode!r} has none of; use advantage_mode 'resrl' or 'resrl_tokens_only'"
             )
         if self.resrl_mask_think and not (self.resrl_think_start and self.resrl_think_end):
             problems.append("resrl_mask_think=True needs non-empty resrl_think_start and resrl_think_end")

@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     from .data import load_math_dataset
     from .models import load_model_and_tokenizer
     from .rewards import math_reward
+    from .trainer import decoder_layer_for_hidden_state
 
     opts = build_parser().parse_args(argv)
     try:
@@ -424,6 +425,10 @@ def main(argv: list[str] | None = None) -> None:
 
         model = PeftModel.from_pretrained(model, opts.adapter)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    try:  # the same check training makes: the layer must be a decoder block's output
+        decoder_layer_for_hidden_state(model, opts.hidden_layer)
+    except ValueError as error:
+        raise SystemExit(f"resrl-inspect: {error}") from None
     shown = inspect(
         model, tokenizer, dataset["prompt"], dataset["solution"], math_reward, opts.output_dir, settings,
         num_generations=opts.num_generations, max_tokens=opts.max_tokens, temperature=opts.temperature,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESRL_PAPER", "append_settings", "settings_table"]
+__all__ = ["RESRL_PAPER", "ModelCardMixin", "append_settings", "settings_table"]
 
 RESRL_PAPER = {
     "title": "ResRL: Boosting LLM Reasoning via Negative Sample Projection Residual Reinforcement Learning",
@@ -69,3 +71,27 @@ def append_settings(card: str | Path, args: Any, base_model: str | None = None) 
         f"through resrl-trl's `ResRLTrainer`, a subclass of TRL's `GRPOTrainer`.\n\n{settings_table(args)}\n"
     )
     path.write_text(f"{text}\n\n{section}" if text else section)
+
+
+class ModelCardMixin:
+    """For a TRL trainer: the saved model's card is TRL's (naming the trainer's ``_name`` and ``_paper``) plus the
+    ResRL settings of the run, in ``output_dir`` and in every folder the model is saved to."""
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:  # noqa: ANN001
+        super().create_model_card(model_name, dataset_name, tags)
+        if self.is_world_process_zero():
+            model = self.accelerator.unwrap_model(self.model)
+            base = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+            append_settings(os.path.join(self.args.output_dir, "README.md"), self.args, base)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if not self.args.should_save:
+            return
+        # PEFT and transformers write an empty template card; TRL's card (written to output_dir) replaces it.
+        self.create_model_card(model_name=os.path.basename(os.path.normpath(self.args.output_dir)))
+        card = os.path.join(self.args.output_dir, "README.md")
+        folder = output_dir or self.args.output_dir
+        # Only the first process writes the card (save_on_each_node makes other nodes save too, without a card).
+        if self.is_world_process_zero() and os.path.abspath(folder) != os.path.abspath(self.args.output_dir):
+            shutil.copyfile(card, os.path.join(folder, "README.md"))

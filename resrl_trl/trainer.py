@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from typing import Any
 
 import torch
@@ -14,11 +13,11 @@ from trl import GRPOTrainer
 
 from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
 from .config import ResRLConfig
-from .model_card import RESRL_PAPER, append_settings
+from .model_card import RESRL_PAPER, ModelCardMixin
 from .placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, make_placement
 from .residual import ResidualStats, group_stream_seed, think_span_mask
 from .safety import SafeTrainingMixin
-from .trainer_logging import HeadProbe, TokenStatistics, log_group_counts, show_sequence_advantages
+from .trainer_logging import HeadProbe, TokenStatistics, check_head_probe, log_group_counts, show_sequence_advantages
 from .trl_compat import (
     check_trl_internals,
     split_pixel_values_by_grid,
@@ -98,7 +97,7 @@ def think_marker_ids(processing_class: Any, start: str, end: str) -> tuple[list[
     return start_ids, end_ids
 
 
-class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
+class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
     """Trainer for ResRL (Lin et al., "ResRL: Boosting LLM Reasoning via Negative Sample Projection Residual
     Reinforcement Learning", ICML 2026, https://arxiv.org/abs/2605.00380).
 
@@ -142,6 +141,8 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
             else None
         )
         self._placement = make_placement(self) if self._resrl_layer is not None else None
+        if args.resrl_log_interference:
+            check_head_probe(self)
         # ResRL's randomness (positive-token subsampling, the PCA's random start) comes from one stream per group,
         # seeded from resrl_seed, the generation's index and the group's id: never from the global RNG (so the
         # sampled completions stay as under GRPOTrainer), and the same wherever the group's rows are processed.
@@ -245,9 +246,9 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
 
         handle = self._resrl_layer.register_forward_hook(hook)
         sequence_advantages = inputs["advantages"]
-        probe = HeadProbe(self.accelerator.unwrap_model(model))
+        probe = HeadProbe(self.accelerator.unwrap_model(model)) if self.args.resrl_log_interference else None
         try:
-            with probe if self.args.resrl_log_interference else contextlib.nullcontext():
+            with probe or contextlib.nullcontext():
                 loss = super()._compute_loss(model, inputs)
         finally:
             handle.remove()  # before backward: gradient-checkpoint recomputation never reaches the hook
@@ -257,14 +258,13 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
                 "not run its decoder blocks as nn.Module calls"
             )
         self._log_residual_stats(found[0])
-        if self.args.resrl_log_interference:
-            plain, weighted = probe.cosines(
+        if probe is not None:
+            cosines = probe.cosines(
                 inputs["completion_ids"], self._valid_tokens(inputs), inputs[IS_POSITIVE_KEY], sequence_advantages,
                 inputs["advantages"], self.temperature, seed=self._step,
             )  # fmt: skip
-            metrics = self._metrics["train" if self.model.training else "eval"]
-            metrics["resrl/head_cosine_plain"].append(plain)
-            metrics["resrl/head_cosine_weighted"].append(weighted)
+            for name, value in zip(("plain", "weighted"), cosines, strict=True):
+                self._metrics["train" if self.model.training else "eval"][f"resrl/head_cosine_{name}"].append(value)
         return loss
 
     def _apply_residual_weights(self, hidden: torch.Tensor, inputs: dict[str, Any]) -> ResidualStats:
@@ -311,25 +311,6 @@ class ResRLTrainer(SafeTrainingMixin, GRPOTrainer):
         super().log(logs, start_time)
 
     # --- Saved models carry a card that names ResRL and lists its settings. ---
-
-    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:  # noqa: ANN001
-        super().create_model_card(model_name, dataset_name, tags)
-        if self.is_world_process_zero():
-            model = self.accelerator.unwrap_model(self.model)
-            base = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-            append_settings(os.path.join(self.args.output_dir, "README.md"), self.args, base)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        if not self.args.should_save:
-            return
-        # PEFT and transformers write an empty template card; TRL's card (written to output_dir) replaces it.
-        self.create_model_card(model_name=os.path.basename(os.path.normpath(self.args.output_dir)))
-        card = os.path.join(self.args.output_dir, "README.md")
-        folder = output_dir or self.args.output_dir
-        # Only the first process writes the card (save_on_each_node makes other nodes save too, without a card).
-        if self.is_world_process_zero() and os.path.abspath(folder) != os.path.abspath(self.args.output_dir):
-            shutil.copyfile(card, os.path.join(folder, "README.md"))
 
     # --- Checkpoints: ResRL's random-stream state travels with them (SafeTrainingMixin makes them atomic). ---
 

@@ -4,10 +4,12 @@ and the sequence advantages shown in TRL's completions table."""
 from __future__ import annotations
 
 from collections.abc import MutableSequence
+from typing import Any
 
 import torch
 
 from .advantages import SCALES_POSITIVES
+from .analysis import positive_negative_cosine
 from .residual import ResidualStats
 
 
@@ -67,18 +69,38 @@ def show_sequence_advantages(
     logged.extend(torch.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0).tolist())
 
 
+def check_head_probe(trainer: Any) -> None:
+    """Refuse ``resrl_log_interference`` where the probe would not measure what training computes."""
+    config = trainer.model.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", 1.0) not in (None, 1.0):
+        raise ValueError(
+            "resrl_log_interference: this model scales or soft-caps its logits, which the probe does not reproduce; "
+            "leave it off for this model"
+        )
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3):
+        raise ValueError(
+            "resrl_log_interference: the output head's weight is sharded (DeepSpeed ZeRO-3 or FSDP) and the probe "
+            "applies it outside the forward; measure interference with benchmarks/analysis_report.py instead"
+        )
+
+
 class HeadProbe:
     """Measures the positive/negative gradient interference at the output head during a training forward.
 
     TRL scores tokens with a fused head (the logits never exist as one tensor), so the probe keeps a reference to the
     decoder's final hidden states (the head's input) from the first forward call, and applies the head itself to at
-    most ``max_tokens`` sampled completion tokens per side (positive, negative) of the micro-batch.
+    most ``max_tokens`` sampled completion tokens per side (positive, negative) of the micro-batch. The coefficients
+    are token advantages: the loss type's normalisation, ratios and clipping are left out (at ratio 1, on the first
+    pass over fresh samples, the token-mean losses differ from this by one constant per micro-batch).
     """
 
     def __init__(self, model: torch.nn.Module, max_tokens: int = 256) -> None:
-        self.decoder, self.head, self.max_tokens = model.get_decoder(), model.get_output_embeddings(), max_tokens
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        self.max_tokens = max_tokens
         self.final_hidden: torch.Tensor | None = None
-        self._handle = None
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def __enter__(self) -> HeadProbe:
         def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
@@ -105,8 +127,6 @@ class HeadProbe:
     ) -> tuple[float, float]:
         """``(plain, weighted)`` cosines (see :func:`resrl_trl.analysis.positive_negative_cosine`): loss coefficients
         are the sequence advantages, then the per-token advantages the loss used."""
-        from .analysis import positive_negative_cosine
-
         if self.final_hidden is None:
             raise RuntimeError("resrl_log_interference: the decoder did not run in the training forward")
         length = completion_ids.size(1)
@@ -118,13 +138,14 @@ class HeadProbe:
             order = torch.randperm(len(candidates), generator=generator, device=valid.device)
             keep.view(-1)[candidates[order[: self.max_tokens]]] = True
         rows, cols = keep.nonzero(as_tuple=True)
-        logits = self.head(final[rows, cols]).float() / temperature
+        kept_final = final[rows, cols]
+        logits = self.head(kept_final).float() / temperature
         if sequence_advantages.dim() == 1:
             sequence_advantages = sequence_advantages[:, None]
 
         def cosine(coefficients: torch.Tensor) -> float:
             return positive_negative_cosine(
-                final[rows, cols][:, None], logits[:, None], completion_ids[rows, cols][:, None],
+                kept_final[:, None], logits[:, None], completion_ids[rows, cols][:, None],
                 torch.ones(len(rows), 1, dtype=torch.bool, device=valid.device), is_positive[rows],
                 coefficients.expand_as(valid)[rows, cols][:, None].float(),
             )  # fmt: skip

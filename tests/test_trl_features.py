@@ -195,3 +195,8 @@ def test_logged_head_interference_matches_the_analysis(tmp_path, tokenizer, prom
     )  # fmt: skip
     assert plain == pytest.approx(expected[0], abs=1e-4) and weighted == pytest.approx(expected[1], abs=1e-4)
     assert plain != pytest.approx(weighted, abs=1e-6)  # the weights change the negatives' gradient
+
+
+def test_head_interference_is_refused_without_token_weights(tmp_path):
+    with pytest.raises(ValueError, match="resrl_log_interference"):
+        ResRLConfig(output_dir=str(tmp_path), advantage_mode="grpo", resrl_log_interference=True)
