@@ -199,4 +199,6 @@ def test_logged_head_interference_matches_the_analysis(tmp_path, tokenizer, prom
 
 def test_head_interference_is_refused_without_token_weights(tmp_path):
     with pytest.raises(ValueError, match="resrl_log_interference"):
-        ResRLConfig(output_dir=str(tmp_path), advantage_mode="grpo", resrl_log_interference=True)
+        ResRLConfig(
+            output_dir=str(tmp_path), use_cpu=True, bf16=False, advantage_mode="grpo", resrl_log_interference=True
+        )
