@@ -35,7 +35,7 @@ __all__ = [
     "head_gradient_inner",
     "heldout_energies",
     "interference",
-    "positive_negative_cosine",
+    "positive_negative_cosines",
     "variance_share_by_rank",
     "weight_correlation",
     "weighted_negative_share",
@@ -171,51 +171,63 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denominator) if denominator > 0 else float("nan")
 
 
+def _gradient_kernel(
+    first: tuple[torch.Tensor, torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """``K[s, t] = (g_s . g_t)(h_s . h_t)`` for tokens given as ``(final_hidden, probabilities, targets)``, where
+    ``g_s = p_s - e_{y_s}`` and ``g_s . g_t = p_s . p_t - p_s[y_t] - p_t[y_s] + [y_s = y_t]``."""
+    (h_a, p_a, y_a), (h_b, p_b, y_b) = first, second
+    products = p_a @ p_b.mT
+    products -= p_a.index_select(1, y_b)  # p_s[y_t]
+    products -= p_b.index_select(1, y_a).mT  # p_t[y_s]
+    products += (y_a[:, None] == y_b[None, :]).float()
+    return products * (h_a.float() @ h_b.float().mT)
+
+
 def head_gradient_inner(
     first: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     second: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     """The inner product of two :func:`head_gradient` results, without forming either ``(V, H)`` gradient.
 
-    Each argument is ``(final_hidden (N, H), logits (N, V), targets (N,), coefficients (N,))``. With
-    ``g_s = softmax(logits_s) - e_{y_s}``, ``<G_a, G_b> = sum_{s in a, t in b} c_s c_t (g_s . g_t)(h_s . h_t)``, and
-    ``g_s . g_t = p_s . p_t - p_s[y_t] - p_t[y_s] + [y_s = y_t]``: memory ``O(N V + N_a N_b)`` instead of ``O(V H)``.
+    Each argument is ``(final_hidden (N, H), logits (N, V), targets (N,), coefficients (N,))``.
+    ``<G_a, G_b> = sum_{s in a, t in b} c_s c_t (g_s . g_t)(h_s . h_t)`` with ``g_s = softmax(logits_s) - e_{y_s}``:
+    memory ``O(N V + N_a N_b)`` instead of ``O(V H)``.
     """
     (h_a, z_a, y_a, c_a), (h_b, z_b, y_b, c_b) = first, second
-    p_a, p_b = torch.softmax(z_a.float(), -1), torch.softmax(z_b.float(), -1)
-    probability_products = p_a @ p_b.mT
-    probability_products -= p_a.index_select(1, y_b)  # p_s[y_t]
-    probability_products -= p_b.index_select(1, y_a).mT  # p_t[y_s]
-    probability_products += (y_a[:, None] == y_b[None, :]).float()
-    hidden_products = h_a.float() @ h_b.float().mT
-    return (c_a.float()[:, None] * c_b.float()[None, :] * probability_products * hidden_products).sum()
+    kernel = _gradient_kernel((h_a, torch.softmax(z_a.float(), -1), y_a), (h_b, torch.softmax(z_b.float(), -1), y_b))
+    return c_a.float() @ kernel @ c_b.float()
 
 
 @torch.no_grad()
-def positive_negative_cosine(
+def positive_negative_cosines(
     final_hidden: torch.Tensor,
     logits: torch.Tensor,
     targets: torch.Tensor,
     valid_mask: torch.Tensor,
     is_positive: torch.Tensor,
-    coefficients: torch.Tensor,
-) -> float:
-    """Cosine between the head gradients of the positive and of the negative completions' tokens.
-
-    ``coefficients`` is ``(B, T)``: each token's loss coefficient (its advantage, times its weight); the other
-    arguments are as in :func:`interference`. Computed with :func:`head_gradient_inner` (no ``(V, H)`` tensor).
+    *coefficients: torch.Tensor,
+) -> list[float]:
+    """Cosines between the head gradients of the positive and of the negative completions' tokens, one per map of
+    ``(B, T)`` loss coefficients (each token's advantage, times its weight); the other arguments are as in
+    :func:`interference`. The token kernels of :func:`head_gradient_inner` depend only on the tokens, so they are
+    computed once (one softmax per token) and shared by every coefficient map.
     """
     mask = valid_mask.bool()
     rows_positive = is_positive.bool()[:, None].expand_as(mask)
+    positive, negative = mask & rows_positive, mask & ~rows_positive
 
-    def part(select: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return final_hidden[select], logits[select], targets[select], coefficients[select]
+    def tokens(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return final_hidden[select], torch.softmax(logits[select].float(), -1), targets[select]
 
-    positive, negative = part(mask & rows_positive), part(mask & ~rows_positive)
-    norms = head_gradient_inner(positive, positive) * head_gradient_inner(negative, negative)
-    if not norms > 0:
-        return float("nan")
-    return float(head_gradient_inner(positive, negative) / norms.sqrt())
+    pos, neg = tokens(positive), tokens(negative)
+    pos_pos, neg_neg, pos_neg = _gradient_kernel(pos, pos), _gradient_kernel(neg, neg), _gradient_kernel(pos, neg)
+    cosines = []
+    for coefficient in coefficients:
+        c_pos, c_neg = coefficient[positive].float(), coefficient[negative].float()
+        norms = (c_pos @ pos_pos @ c_pos) * (c_neg @ neg_neg @ c_neg)
+        cosines.append(float((c_pos @ pos_neg @ c_neg) / norms.sqrt()) if norms > 0 else float("nan"))
+    return cosines
 
 
 def interference(
@@ -244,9 +256,10 @@ def interference(
         update pull the head in opposing directions; positives' scaling (``pos_weight``) does not change a cosine.
     """
     coefficient = advantages.float()[:, None].expand_as(targets)
-    arguments = (final_hidden, logits, targets, valid_mask, is_positive)
-    plain = positive_negative_cosine(*arguments, coefficient)
-    return plain, positive_negative_cosine(*arguments, coefficient * token_weights.float())
+    plain, weighted = positive_negative_cosines(
+        final_hidden, logits, targets, valid_mask, is_positive, coefficient, coefficient * token_weights.float()
+    )
+    return plain, weighted
 
 
 # --- Group scope: which negatives get token weights when micro-batches hold partial groups. ---

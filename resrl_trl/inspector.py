@@ -161,6 +161,8 @@ def inspect_weights(
         groups.hidden, groups.completion_mask, groups.group_ids, is_positive, settings, group_seed=seed,
         num_groups=num_groups,
     )  # fmt: skip
+    # The weights come from the function the step placement calls in training; the subspaces are built again (same
+    # seed, same result) only to show each token's energy and its group's quantile bounds.
     subspaces, _ = build_group_subspaces(
         groups.hidden, groups.completion_mask, groups.group_ids, is_positive, settings, num_groups=num_groups,
         group_seed=seed,

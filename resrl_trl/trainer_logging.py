@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .advantages import SCALES_POSITIVES
-from .analysis import positive_negative_cosine
+from .analysis import positive_negative_cosines
 from .residual import ResidualStats
 
 
@@ -125,7 +125,7 @@ class HeadProbe:
         temperature: float,
         seed: int,
     ) -> tuple[float, float]:
-        """``(plain, weighted)`` cosines (see :func:`resrl_trl.analysis.positive_negative_cosine`): loss coefficients
+        """``(plain, weighted)`` cosines (see :func:`resrl_trl.analysis.positive_negative_cosines`): loss coefficients
         are the sequence advantages, then the per-token advantages the loss used."""
         if self.final_hidden is None:
             raise RuntimeError("resrl_log_interference: the decoder did not run in the training forward")
@@ -143,11 +143,12 @@ class HeadProbe:
         if sequence_advantages.dim() == 1:
             sequence_advantages = sequence_advantages[:, None]
 
-        def cosine(coefficients: torch.Tensor) -> float:
-            return positive_negative_cosine(
-                kept_final[:, None], logits[:, None], completion_ids[rows, cols][:, None],
-                torch.ones(len(rows), 1, dtype=torch.bool, device=valid.device), is_positive[rows],
-                coefficients.expand_as(valid)[rows, cols][:, None].float(),
-            )  # fmt: skip
+        def kept(coefficients: torch.Tensor) -> torch.Tensor:
+            return coefficients.expand_as(valid)[rows, cols][:, None].float()
 
-        return cosine(sequence_advantages), cosine(token_advantages)
+        plain, weighted = positive_negative_cosines(
+            kept_final[:, None], logits[:, None], completion_ids[rows, cols][:, None],
+            torch.ones(len(rows), 1, dtype=torch.bool, device=valid.device), is_positive[rows],
+            kept(sequence_advantages), kept(token_advantages),
+        )  # fmt: skip
+        return plain, weighted

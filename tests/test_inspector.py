@@ -101,5 +101,13 @@ def test_command_line(embedded: tuple, tmp_path: Path, capsys: pytest.CaptureFix
     assert "groups got token weights" in capsys.readouterr().out
     for name in (HTML_FILE, PNG_FILE, JSON_FILE):
         assert (tmp_path / name).stat().st_size > 0
+    saved = json.loads((tmp_path / JSON_FILE).read_text())
+    assert saved["settings"] == {"rank": 64, "max_pos_tokens": 4096, "q_low": 0.2, "q_high": 0.8, "min_weight": 0.1,
+                                 "niter": 4}  # fmt: skip
+    assert len(saved["groups"]) == 2
+    for group in saved["groups"]:
+        assert len(group["positives"]) + len(group["negatives"]) == 4  # --num_generations
+        for negative in group["negatives"]:  # a group without token weights leaves every weight at 1
+            assert group["bounds"] is not None or set(negative["weights"]) == {1.0}
     with pytest.raises(SystemExit, match="q_low"):
         main(["--q_low", "0.9", "--q_high", "0.5", "--output_dir", str(tmp_path)])
