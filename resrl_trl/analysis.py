@@ -31,7 +31,9 @@ __all__ = [
     "balanced_partitions",
     "HeldOutEnergies",
     "cosine",
+    "divergence_positions",
     "head_gradient",
+    "head_gradient_in_chunks",
     "head_gradient_inner",
     "heldout_energies",
     "interference",
@@ -164,6 +166,31 @@ def head_gradient(
     return probabilities.mT @ final_hidden.float()
 
 
+@torch.no_grad()
+def head_gradient_in_chunks(
+    final_hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    coefficients: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """:func:`head_gradient` with the logits ``final_hidden @ head_weight^T / temperature`` formed ``chunk_size``
+    tokens at a time: memory ``O(chunk_size V + V H)`` whatever the number of tokens ``N``, so a group of 4096-token
+    completions fits where its ``(N, V)`` logits would not. The result is the same ``(V, H)`` float32 gradient (up to
+    summation order); the chain rule's ``1 / temperature`` factor is left out, as a cosine does not see it."""
+    gradient = torch.zeros(head_weight.shape, device=head_weight.device, dtype=torch.float32)
+    weight = head_weight.float()
+    for start in range(0, len(targets), chunk_size):
+        rows = slice(start, start + chunk_size)
+        hidden = final_hidden[rows].float()
+        logits = hidden @ weight.mT
+        if temperature != 1.0:
+            logits /= temperature
+        gradient += head_gradient(hidden, logits, targets[rows], coefficients[rows])
+    return gradient
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine similarity of two tensors viewed as flat vectors (NaN if either is zero)."""
     a, b = a.flatten().double(), b.flatten().double()
@@ -260,6 +287,44 @@ def interference(
         final_hidden, logits, targets, valid_mask, is_positive, coefficient, coefficient * token_weights.float()
     )
     return plain, weighted
+
+
+# --- Where a failed completion departs from the successful ones. ---
+
+
+def divergence_positions(
+    completion_ids: torch.Tensor, valid_mask: torch.Tensor, group_ids: torch.Tensor, is_positive: torch.Tensor
+) -> torch.Tensor:
+    """Each negative completion's divergence token: the first position at which it leaves every positive
+    completion's prefix in its group (the length of its longest common prefix with any positive).
+
+    ResRL reads token ``t``'s weight from the state before it (``resrl_weight_position="previous"``), which has read
+    only the tokens before ``t``. Up to and including the divergence token, that state is one a positive completion
+    also has (same prompt, same prefix), so it lies in the positives' subspace.
+
+    Args:
+        completion_ids: ``(B, T)`` token ids.
+        valid_mask: ``(B, T)`` bool; each row's valid tokens form a prefix (the completion mask).
+        group_ids: ``(B,)`` prompt group of each row.
+        is_positive: ``(B,)`` bool.
+
+    Returns:
+        ``(B,)`` long: the divergence position of each negative row; -1 for positive rows, for rows of groups with no
+        positive, and for a negative whose valid tokens are all a prefix of some positive's.
+    """
+    valid = valid_mask.bool()
+    positive = is_positive.bool()
+    out = torch.full((len(group_ids),), -1, dtype=torch.long, device=completion_ids.device)
+    for group in group_ids.unique().tolist():
+        in_group = group_ids == group
+        pos, neg = (in_group & positive).nonzero().flatten(), (in_group & ~positive).nonzero().flatten()
+        if len(pos) == 0 or len(neg) == 0:
+            continue
+        same = completion_ids[neg][:, None, :] == completion_ids[pos][None, :, :]
+        same &= valid[neg][:, None, :] & valid[pos][None, :, :]
+        longest = same.long().cumprod(-1).sum(-1).amax(1)  # (negatives,) longest shared prefix with a positive
+        out[neg] = torch.where(longest < valid[neg].sum(1), longest, -1)
+    return out
 
 
 # --- Group scope: which negatives get token weights when micro-batches hold partial groups. ---

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .advantages import ADVANTAGE_MODES, USES_TOKEN_WEIGHTS
-from .residual import SubspaceSettings
+from .residual import WEIGHT_POSITIONS, SubspaceSettings
 
 SUBSPACE_FIELDS = {
     "rank": "resrl_rank",
@@ -64,6 +64,13 @@ class ResRLConfig(GRPOConfig):
             Which hidden states to use, indexed as Hugging Face's `output_hidden_states` tuple: `-2` is the output of
             the second-to-last decoder block. Must name a decoder block's output (not the embeddings, index 0, nor
             the final-normed output, index -1).
+        resrl_weight_position (`str`, *optional*, defaults to `"previous"`):
+            Which hidden state a completion token's weight is read from, for the positives' subspace and the
+            negatives' energies alike. `"previous"` (the paper's and the reference's): the state at the position
+            before the token, whose logits chose it (the alignment of the token's log-probability). That state has
+            not read the token, so the token where a failed completion first leaves a successful one's text is read
+            from a state both share, and is spared (weight near `resrl_min_weight`). `"own"` (an ablation): the state
+            at the token's own position, which has read it.
         resrl_positive_threshold (`float`, *optional*, defaults to `0.0`):
             A completion is positive when its total reward is strictly above this value.
         resrl_mask_think (`bool`, *optional*, defaults to `False`):
@@ -127,6 +134,13 @@ class ResRLConfig(GRPOConfig):
         default=-2,
         metadata={"help": "Index into output_hidden_states of the hidden states to use (paper: -2)."},
     )
+    resrl_weight_position: str = field(
+        default="previous",
+        metadata={
+            "help": "Which hidden state a token's weight is read from: previous (the position whose logits chose the "
+            "token; paper) or own (the token's own position; an ablation)."
+        },
+    )
     resrl_positive_threshold: float = field(
         default=0.0, metadata={"help": "A completion is positive when its reward is above this (paper: 0)."}
     )
@@ -175,6 +189,11 @@ class ResRLConfig(GRPOConfig):
             problems.append(
                 f"resrl_hidden_layer={self.resrl_hidden_layer} is not a decoder block's output (0 is the embeddings, "
                 "-1 the final-normed output); use -2 (the paper's choice) or another block"
+            )
+        if self.resrl_weight_position not in WEIGHT_POSITIONS:
+            problems.append(
+                f"resrl_weight_position must be one of {list(WEIGHT_POSITIONS)} (paper: 'previous'), got "
+                f"{self.resrl_weight_position!r}"
             )
         if self.resrl_log_interference and self.advantage_mode not in USES_TOKEN_WEIGHTS:
             problems.append(

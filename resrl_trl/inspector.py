@@ -17,16 +17,34 @@ import argparse
 import html
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .residual import SubspaceSettings, build_group_subspaces, compute_residual_weights, token_energies
+from .analysis import divergence_positions
+from .models import decoder_layer_for_hidden_state
+from .residual import (
+    WEIGHT_POSITIONS,
+    SubspaceSettings,
+    build_group_subspaces,
+    completion_states,
+    compute_residual_weights,
+    token_energies,
+)
 
-__all__ = ["SampledGroups", "inspect_weights", "main", "sample_groups", "write_html", "write_png"]
+__all__ = [
+    "SampledGroups",
+    "concatenate",
+    "inspect_weights",
+    "iter_groups",
+    "main",
+    "sample_groups",
+    "write_html",
+    "write_png",
+]
 
 HTML_FILE, PNG_FILE, JSON_FILE = "inspect.html", "inspect.png", "weights.json"
 Reward = Callable[..., list[float | None]]
@@ -48,12 +66,28 @@ class SampledGroups:
     rewards: torch.Tensor
     """``(B,)`` float rewards (NaN where the reward could not score)."""
     texts: list[str]
-    hidden: torch.Tensor
-    """``(B, T, H)`` hidden states at the positions whose logits score each completion token."""
-    final_hidden: torch.Tensor | None = None
-    """``(B, T, H)`` the output head's inputs at those positions (with ``with_head``)."""
-    logits: torch.Tensor | None = None
-    """``(B, T, V)`` the head's outputs there (with ``with_head``)."""
+    states: torch.Tensor
+    """``(B, T + 1, H)`` float32 outputs of the decoder block training reads, from the prompt's last position to the
+    completion's last: both readings of :data:`~resrl_trl.residual.WEIGHT_POSITIONS` are slices of it."""
+    weight_position: str = "previous"
+    """The reading :attr:`hidden` gives (``resrl_weight_position``)."""
+    final_states: torch.Tensor | None = None
+    """``(B, T + 1, H)`` the output head's inputs at the same positions (with ``with_head``); no logits are kept."""
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        """``(B, T, H)`` the state each completion token's weight is read from, as training reads it."""
+        return self.hidden_at(self.weight_position)
+
+    def hidden_at(self, position: str) -> torch.Tensor:
+        return completion_states(self.states, self.completion_ids.shape[1], position)
+
+    @property
+    def final_hidden(self) -> torch.Tensor | None:
+        """``(B, T, H)`` the head's inputs at the positions whose logits score each completion token."""
+        if self.final_states is None:
+            return None
+        return completion_states(self.final_states, self.completion_ids.shape[1], "previous")
 
 
 def _completion_mask(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
@@ -66,7 +100,37 @@ def _completion_mask(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_groups(
+def _block_states(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: int, hidden_layer: int,
+    with_head: bool, rows_per_forward: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """The last ``positions`` outputs of the decoder block that ``output_hidden_states[hidden_layer]`` names (read by
+    a forward hook, as training reads them), and of the final norm with ``with_head``. Only the decoder runs: no
+    logits, no other layer's states are kept, and ``rows_per_forward`` rows go through at a time."""
+    block = decoder_layer_for_hidden_state(model, hidden_layer)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder()  # a PEFT model's adapters sit inside the base model's modules
+    captured: list[torch.Tensor] = []
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        states = output[0] if isinstance(output, tuple) else output
+        captured.append(states[:, -positions:].float().cpu())
+
+    states, finals = [], []
+    handle = block.register_forward_hook(hook)
+    try:
+        for start in range(0, len(input_ids), rows_per_forward):
+            rows = slice(start, start + rows_per_forward)
+            output = decoder(input_ids=input_ids[rows], attention_mask=attention_mask[rows], use_cache=False)
+            states.append(captured.pop())
+            if with_head:
+                finals.append(output.last_hidden_state[:, -positions:].float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(states), torch.cat(finals) if with_head else None
+
+
+def iter_groups(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[list[dict[str, str]]],
@@ -78,96 +142,108 @@ def sample_groups(
     temperature: float = 1.0,
     seed: int = 0,
     hidden_layer: int = -2,
+    weight_position: str = "previous",
     with_head: bool = False,
-) -> SampledGroups:
-    """Sample ``num_generations`` completions per prompt, score them with ``reward`` (a TRL reward function:
-    ``reward(completions=[...], solution=[...])``), and capture the hidden states of a second forward pass over
-    prompt + completion, exactly where training reads them."""
+    rows_per_forward: int = 8,
+    first_group: int = 0,
+) -> Iterator[SampledGroups]:
+    """One group at a time: sample ``num_generations`` completions of a prompt, score them with ``reward`` (a TRL
+    reward function: ``reward(completions=[...], solution=[...])``), and read the hidden states of a second forward
+    over prompt + completion exactly where training reads them. Group ``i`` gets id ``first_group + i`` and sampling
+    seed ``seed * 1_000_003 + first_group + i``. Memory is one group's: ``(G, T + 1, H)`` states, twice with
+    ``with_head``."""
     device = next(model.parameters()).device
     configured = getattr(model.generation_config, "eos_token_id", None)
     configured = configured if isinstance(configured, list) else [configured]
     eos_ids = {e for e in [tokenizer.eos_token_id, *configured] if e is not None}
-    rows: list[dict[str, Any]] = []
-    for group, (prompt, solution) in enumerate(zip(prompts, solutions, strict=True)):
+    for offset, (prompt, solution) in enumerate(zip(prompts, solutions, strict=True)):
+        group = first_group + offset
         encoded = tokenizer.apply_chat_template(
             prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
         prompt_ids = encoded["input_ids"].to(device)
         torch.manual_seed(seed * 1_000_003 + group)
-        output = model.generate(
-            prompt_ids,
-            attention_mask=torch.ones_like(prompt_ids),
-            do_sample=True,
-            temperature=temperature,
-            top_p=1.0,
-            top_k=0,
-            max_new_tokens=max_tokens,
-            num_return_sequences=num_generations,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        with torch.no_grad():
+            output = model.generate(
+                prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=True, temperature=temperature,
+                top_p=1.0, top_k=0, max_new_tokens=max_tokens, num_return_sequences=num_generations,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
         completions = output[:, prompt_ids.shape[1] :]
         mask = _completion_mask(completions, eos_ids)
         texts = [tokenizer.decode(ids[m], skip_special_tokens=True) for ids, m in zip(completions, mask, strict=True)]
         scores = reward(completions=texts, solution=[solution] * len(texts))
-        forward = model(
-            output,
-            attention_mask=torch.cat([torch.ones_like(prompt_ids).expand(len(output), -1), mask.long()], 1),
-            output_hidden_states=True,
+        attention_mask = torch.cat([torch.ones_like(prompt_ids).expand(len(output), -1), mask.long()], 1)
+        states, finals = _block_states(
+            model, output, attention_mask, completions.shape[1] + 1, hidden_layer, with_head, rows_per_forward
         )
-        start, end = prompt_ids.shape[1] - 1, output.shape[1] - 1  # position t-1 scores token t
-        rows.append(
-            {
-                "prompt": prompt[-1]["content"],
-                "ids": completions.cpu(),
-                "mask": mask.cpu(),
-                "rewards": [math.nan if s is None else float(s) for s in scores],
-                "texts": texts,
-                "hidden": forward.hidden_states[hidden_layer][:, start:end].float().cpu(),
-                "final": forward.hidden_states[-1][:, start:end].float().cpu() if with_head else None,
-                "logits": forward.logits[:, start:end].float().cpu() if with_head else None,
-            }
+        yield SampledGroups(
+            prompts=[prompt[-1]["content"]],
+            solutions=[solution],
+            completion_ids=completions.cpu(),
+            completion_mask=mask.cpu(),
+            group_ids=torch.full((len(output),), group),
+            rewards=torch.tensor([math.nan if s is None else float(s) for s in scores]),
+            texts=texts,
+            states=states,
+            weight_position=weight_position,
+            final_states=finals,
         )
-    width = max(row["ids"].shape[1] for row in rows)
 
-    def stack(key: str, fill: float | int | bool) -> torch.Tensor:
-        parts = []
-        for row in rows:
-            value = row[key]
-            pad = width - value.shape[1]
-            parts.append(torch.cat([value, value.new_full((value.shape[0], pad, *value.shape[2:]), fill)], 1))
-        return torch.cat(parts)
 
+def concatenate(parts: Sequence[SampledGroups], pad_token_id: int = 0) -> SampledGroups:
+    """Several groups (of :func:`iter_groups`) as one batch, right-padded to the longest completion."""
+    width = max(part.completion_ids.shape[1] for part in parts)
+
+    def stack(values: list[torch.Tensor], fill: float | int | bool, extra: int = 0) -> torch.Tensor:
+        padded = []
+        for value in values:
+            pad = width + extra - value.shape[1]
+            padded.append(torch.cat([value, value.new_full((value.shape[0], pad, *value.shape[2:]), fill)], 1))
+        return torch.cat(padded)
+
+    with_head = parts[0].final_states is not None
     return SampledGroups(
-        prompts=[row["prompt"] for row in rows],
-        solutions=list(solutions),
-        completion_ids=stack("ids", tokenizer.pad_token_id or 0),
-        completion_mask=stack("mask", False),
-        group_ids=torch.arange(len(rows)).repeat_interleave(num_generations),
-        rewards=torch.tensor([r for row in rows for r in row["rewards"]]),
-        texts=[t for row in rows for t in row["texts"]],
-        hidden=stack("hidden", 0.0),
-        final_hidden=stack("final", 0.0) if with_head else None,
-        logits=stack("logits", 0.0) if with_head else None,
+        prompts=[p for part in parts for p in part.prompts],
+        solutions=[s for part in parts for s in part.solutions],
+        completion_ids=stack([part.completion_ids for part in parts], pad_token_id),
+        completion_mask=stack([part.completion_mask for part in parts], False),
+        group_ids=torch.cat([part.group_ids for part in parts]),
+        rewards=torch.cat([part.rewards for part in parts]),
+        texts=[t for part in parts for t in part.texts],
+        states=stack([part.states for part in parts], 0.0, extra=1),
+        weight_position=parts[0].weight_position,
+        final_states=stack([part.final_states for part in parts], 0.0, extra=1) if with_head else None,
     )
+
+
+def sample_groups(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    solutions: Sequence[str],
+    reward: Reward,
+    **options: Any,
+) -> SampledGroups:
+    """Every group of :func:`iter_groups` (same options) in one batch: for a few short groups; use
+    :func:`iter_groups` at real lengths."""
+    parts = list(iter_groups(model, tokenizer, prompts, solutions, reward, **options))
+    return concatenate(parts, tokenizer.pad_token_id or 0)
 
 
 def inspect_weights(
     groups: SampledGroups, settings: SubspaceSettings, positive_threshold: float = 0.0, seed: int = 0
 ) -> dict[str, Any]:
-    """ResRL's weights, energies and quantile bounds for sampled groups (the function training calls)."""
+    """ResRL's weights, energies, quantile bounds and divergence tokens for sampled groups (the weights come from
+    the function training calls, on the states :attr:`SampledGroups.hidden` reads)."""
     is_positive = groups.rewards > positive_threshold  # NaN compares False: an unscored completion is negative
-    num_groups = len(groups.prompts)
-    result = compute_residual_weights(
-        groups.hidden, groups.completion_mask, groups.group_ids, is_positive, settings, group_seed=seed,
-        num_groups=num_groups,
-    )  # fmt: skip
-    # The weights come from the function the step placement calls in training; the subspaces are built again (same
-    # seed, same result) only to show each token's energy and its group's quantile bounds.
+    hidden, mask, group_ids = groups.hidden, groups.completion_mask, groups.group_ids
+    result = compute_residual_weights(hidden, mask, group_ids, is_positive, settings, group_seed=seed)
+    # The subspaces are built again (same seed, same result) only to show each token's energy and the quantiles.
     subspaces, _ = build_group_subspaces(
-        groups.hidden, groups.completion_mask, groups.group_ids, is_positive, settings, num_groups=num_groups,
-        group_seed=seed,
-    )  # fmt: skip
-    energy, _, has_subspace = token_energies(groups.hidden, groups.group_ids, subspaces)
+        hidden, mask, group_ids, is_positive, settings, num_groups=int(group_ids.max()) + 1, group_seed=seed
+    )
+    energy, _, has_subspace = token_energies(hidden, group_ids, subspaces)
     bounds = {
         group: (low, high)
         for group, low, high in zip(
@@ -178,13 +254,40 @@ def inspect_weights(
         "weights": result.weights,
         "energy": energy,
         "is_positive": is_positive,
-        "weighted": groups.completion_mask & (~is_positive & has_subspace)[:, None],
+        "weighted": mask & (~is_positive & has_subspace)[:, None],
         "bounds": bounds,
+        "divergence": divergence_positions(groups.completion_ids, mask, group_ids, is_positive),
     }
 
 
+# GPT-2-style byte-level tokenizers spell each byte as one printable character; the inverse gives a token's bytes.
+def _byte_alphabet() -> dict[str, int]:
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    alphabet, extra = {chr(b): b for b in printable}, 0
+    for byte in range(256):
+        if byte not in printable:
+            alphabet[chr(256 + extra)] = byte
+            extra += 1
+    return alphabet
+
+
+BYTE_ALPHABET = _byte_alphabet()
+
+
+def token_label(tokenizer: Any, token_id: int) -> str:
+    """A token as text; a token that holds only part of a multi-byte character (decoding to U+FFFD) is shown as
+    its bytes, e.g. ``<e2 89>``, instead of a replacement character."""
+    text = tokenizer.decode([token_id])
+    if "\ufffd" not in text:
+        return text
+    raw = tokenizer.convert_ids_to_tokens(token_id)
+    if isinstance(raw, str) and raw and all(c in BYTE_ALPHABET for c in raw):
+        return "<" + " ".join(f"{BYTE_ALPHABET[c]:02x}" for c in raw) + ">"
+    return str(raw)  # e.g. SentencePiece's byte fallback, already spelled "<0xE2>"
+
+
 def _token_strings(tokenizer: Any, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    return [tokenizer.decode([int(i)]) for i, m in zip(ids, mask, strict=True) if m]
+    return [token_label(tokenizer, int(i)) for i, m in zip(ids, mask, strict=True) if m]
 
 
 def _colour(weight: float, min_weight: float) -> tuple[float, float, float]:
@@ -195,27 +298,31 @@ def _colour(weight: float, min_weight: float) -> tuple[float, float, float]:
 
 
 def _group_rows(groups: SampledGroups, found: dict[str, Any], tokenizer: Any) -> list[dict[str, Any]]:
-    """Per group, what the page shows: positives' texts, and each negative's tokens with weight and energy."""
+    """Per group, what the page shows: positives' texts, and each negative's tokens with weight, energy and
+    divergence token."""
     out = []
-    for group, prompt in enumerate(groups.prompts):
+    for index, prompt in enumerate(groups.prompts):
+        group = int(groups.group_ids.unique()[index])
         rows = (groups.group_ids == group).nonzero().flatten().tolist()
         negatives = []
         for row in rows:
             if bool(found["is_positive"][row]):
                 continue
             mask = groups.completion_mask[row]
+            divergence = int(found["divergence"][row])
             negatives.append(
                 {
                     "tokens": _token_strings(tokenizer, groups.completion_ids[row], mask),
                     "weights": found["weights"][row][mask].tolist(),
                     "energy": found["energy"][row][mask].tolist() if bool(found["weighted"][row].any()) else None,
                     "reward": float(groups.rewards[row]),
+                    "divergence": divergence if divergence >= 0 else None,
                 }
             )
         out.append(
             {
                 "prompt": prompt,
-                "solution": groups.solutions[group],
+                "solution": groups.solutions[index],
                 "positives": [groups.texts[r] for r in rows if bool(found["is_positive"][r])],
                 "negatives": negatives,
                 "bounds": found["bounds"].get(group),
@@ -224,7 +331,23 @@ def _group_rows(groups: SampledGroups, found: dict[str, Any], tokenizer: Any) ->
     return out
 
 
-def write_html(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettings) -> None:
+def reading_note(position: str) -> str:
+    """Which hidden state a token's weight is read from, in words (the page and the picture say it)."""
+    if position == "previous":
+        return (
+            "Each token's weight is read from the hidden state at the position before it, the state whose logits "
+            "chose the token (the reference's reading, resrl_weight_position='previous'). That state has not read "
+            "the token: a failed completion's divergence token (outlined), the first where it leaves every "
+            "successful completion's text, is read from a state a successful completion shares, and is spared."
+        )
+    return (
+        "Each token's weight is read from the hidden state at the token's own position, which has read it "
+        "(resrl_weight_position='own', an ablation; the reference reads the position before). The divergence token "
+        "(outlined) is the first where a failed completion leaves every successful completion's text."
+    )
+
+
+def write_html(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettings, position: str) -> None:
     """The inspection page: per group, the positives, then each negative's tokens coloured by weight."""
 
     def swatch(weight: float) -> str:
@@ -235,15 +358,18 @@ def write_html(path: Path, groups: list[dict[str, Any]], settings: SubspaceSetti
         "<!doctype html><meta charset='utf-8'><title>ResRL token weights</title><style>"
         "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
         ".tok{font-family:monospace;white-space:pre-wrap;padding:1px 0;border-radius:2px}"
+        ".div{outline:2px solid #000;outline-offset:0}"
         ".pos{background:#e8f6e8;padding:4px;margin:2px 0;font-family:monospace;white-space:pre-wrap}"
         ".neg{margin:6px 0;line-height:1.8}.note{color:#555}</style>",
         "<h1>Which tokens of failed completions ResRL penalises</h1>",
         "<p>Each failed completion's tokens are coloured by their weight on the negative advantage: "
         f"<span class='tok' style='background:{swatch(1.0)}'>&nbsp;1.0 full penalty&nbsp;</span> to "
         f"<span class='tok' style='background:{swatch(settings.min_weight)}'>&nbsp;{settings.min_weight} "
-        "spared (looks like the successful completions)&nbsp;</span>. Hover a token for its weight and residual "
-        f"energy. Settings: rank {settings.rank}, q_low {settings.q_low}, q_high {settings.q_high}, min_weight "
-        f"{settings.min_weight}.</p>",
+        "spared (its state lies close to the successful completions' subspace)&nbsp;</span>. "
+        f"{html.escape(reading_note(position))} Hover a token for its weight and residual energy. A token that holds "
+        "part of a character is shown as its bytes, &lt;e2 89&gt;. Settings: rank "
+        f"{settings.rank}, max_pos_tokens {settings.max_pos_tokens}, q_low {settings.q_low}, q_high "
+        f"{settings.q_high}, min_weight {settings.min_weight}.</p>",
     ]
     for index, group in enumerate(groups):
         parts.append(
@@ -266,19 +392,26 @@ def write_html(path: Path, groups: list[dict[str, Any]], settings: SubspaceSetti
         parts.append(f"<h3>Negative completions ({len(group['negatives'])})</h3>")
         for negative in group["negatives"]:
             spans = []
-            for position, (token, weight) in enumerate(zip(negative["tokens"], negative["weights"], strict=True)):
-                energy = "" if negative["energy"] is None else f", energy {negative['energy'][position]:.4g}"
+            for position_, (token, weight) in enumerate(zip(negative["tokens"], negative["weights"], strict=True)):
+                energy = "" if negative["energy"] is None else f", energy {negative['energy'][position_]:.4g}"
+                diverges = position_ == negative["divergence"]
+                note = ", divergence token" if diverges else ""
+                css = "tok div" if diverges else "tok"
                 spans.append(
-                    f"<span class='tok' style='background:{swatch(weight)}' title='weight {weight:.3f}{energy}'>"
-                    f"{html.escape(token)}</span>"
+                    f"<span class='{css}' style='background:{swatch(weight)}' "
+                    f"title='weight {weight:.3f}{energy}{note}'>{html.escape(token)}</span>"
                 )
             parts.append(f"<div class='neg'>{''.join(spans)}</div>")
     path.write_text("\n".join(parts))
 
 
-def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettings, max_tokens: int = 24) -> None:
+PNG_TOKENS, PNG_CELL_CHARS, PNG_POSITIVES, PNG_POSITIVE_CHARS = 24, 7, 3, 150
+
+
+def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettings, position: str) -> None:
     """Per group with token weights: its positives (green), one row per negative completion (tokens as cells coloured
-    by weight), and the negatives' residual energies with the quantiles that bound the weight map."""
+    by weight, the divergence token outlined), and the negatives' residual energies with the quantiles that bound
+    the weight map."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,32 +419,36 @@ def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettin
     from matplotlib.colors import LinearSegmentedColormap
 
     shown = [g for g in groups if g["bounds"] is not None] or groups[:1]
-    max_positives = 3
-    heights = [min(len(g["positives"]), max_positives) + max(len(g["negatives"]), 1) + 1.0 for g in shown]
+    heights = [min(len(g["positives"]), PNG_POSITIVES) + max(len(g["negatives"]), 1) + 1.6 for g in shown]
     figure, axes = plt.subplots(
-        len(shown), 2, figsize=(16, 0.4 * sum(heights) + 1.6), squeeze=False, layout="constrained",
+        len(shown), 2, figsize=(16, 0.4 * sum(heights) + 2.2), squeeze=False, layout="constrained",
         gridspec_kw={"width_ratios": [4.2, 1], "height_ratios": heights},
     )  # fmt: skip
     colours = LinearSegmentedColormap.from_list(
         "weight", [_colour(settings.min_weight, settings.min_weight), _colour(1.0, settings.min_weight)]
     )
     for (tokens_axis, energy_axis), group in zip(axes, shown, strict=True):
-        positives = group["positives"][:max_positives]
+        positives = group["positives"][:PNG_POSITIVES]
         for row, text in enumerate(positives):
-            tokens_axis.add_patch(plt.Rectangle((0, row), max_tokens, 0.9, color=(0.87, 0.96, 0.87)))
+            tokens_axis.add_patch(plt.Rectangle((0, row), PNG_TOKENS, 0.9, color=(0.87, 0.96, 0.87)))
             shown_text = " ".join(text.split())
-            tokens_axis.text(0.2, row + 0.45, shown_text[:150], va="center", fontsize=7, color=(0.1, 0.4, 0.1))
+            if len(shown_text) > PNG_POSITIVE_CHARS:
+                shown_text = shown_text[: PNG_POSITIVE_CHARS - 1] + "…"
+            tokens_axis.text(0.2, row + 0.45, shown_text, va="center", fontsize=7, color=(0.1, 0.4, 0.1))
         labels = [f"pos {r}" for r in range(len(positives))]
         for index, negative in enumerate(group["negatives"]):
             row = len(positives) + index
             labels.append(f"neg {index}")
-            cells = zip(negative["tokens"][:max_tokens], negative["weights"][:max_tokens], strict=True)
+            cells = zip(negative["tokens"][:PNG_TOKENS], negative["weights"][:PNG_TOKENS], strict=False)
             for column, (token, weight) in enumerate(cells):
                 colour = _colour(weight, settings.min_weight)
                 tokens_axis.add_patch(plt.Rectangle((column, row), 0.96, 0.9, color=colour))
+                if column == negative["divergence"]:
+                    tokens_axis.add_patch(plt.Rectangle((column, row), 0.96, 0.9, fill=False, lw=1.6, ec="k"))
                 label = token.replace("\n", "\\n").strip() or "\u2423"
-                tokens_axis.text(column + 0.48, row + 0.45, label[:7], ha="center", va="center", fontsize=7)
-        tokens_axis.set_xlim(0, max_tokens)
+                label = label if len(label) <= PNG_CELL_CHARS else label[: PNG_CELL_CHARS - 1] + "…"
+                tokens_axis.text(column + 0.48, row + 0.45, label, ha="center", va="center", fontsize=7)
+        tokens_axis.set_xlim(0, PNG_TOKENS)
         tokens_axis.set_ylim(max(len(labels), 1), 0)
         tokens_axis.set_xticks([])
         tokens_axis.set_yticks([r + 0.45 for r in range(len(labels))], labels, fontsize=7)
@@ -325,11 +462,14 @@ def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettin
         energies = [e for n in group["negatives"] if n["energy"] is not None for e in n["energy"]]
         if energies and group["bounds"] is not None:
             energy_axis.hist(energies, bins=20, color="0.6")
-            names = (f"q_low {settings.q_low}", f"q_high {settings.q_high}")
-            for value, name in zip(group["bounds"], names, strict=True):
-                energy_axis.axvline(value, color="k", linestyle="--", linewidth=1)
-                energy_axis.text(value, energy_axis.get_ylim()[1] * 0.95, name, rotation=90, fontsize=7, va="top")
+            low, high = group["bounds"]
+            energy_axis.axvline(low, color="tab:blue", linestyle="--", linewidth=1.2, label=f"q_low {settings.q_low}")
+            energy_axis.axvline(
+                high, color="tab:red", linestyle="--", linewidth=1.2, label=f"q_high {settings.q_high}"
+            )
+            energy_axis.legend(fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
             energy_axis.set_xlabel("residual energy of negative tokens", fontsize=8)
+            energy_axis.set_ylabel("tokens", fontsize=8)
             energy_axis.tick_params(labelsize=7)
         else:
             energy_axis.axis("off")
@@ -337,13 +477,18 @@ def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettin
     mappable = plt.cm.ScalarMappable(cmap=colours, norm=plt.Normalize(settings.min_weight, 1.0))
     bar = figure.colorbar(mappable, ax=axes[:, 0].tolist(), orientation="horizontal", fraction=0.03, aspect=60)
     bar.set_label(
-        "weight on the negative advantage: 1 = full penalty, low = spared (close to the positives' subspace)"
+        "weight on the negative advantage: 1 = full penalty, low = spared (close to the positives' subspace); "
+        "outlined: the divergence token"
     )
     mixed = sum(g["bounds"] is not None for g in groups)
+    reading = "the state before each token" if position == "previous" else "each token's own state"
     figure.suptitle(
-        f"ResRL token weights of failed completions: {mixed} of {len(groups)} groups have token weights "
-        "(the others hold no positive or no negative completion and keep weight 1)",
-        fontsize=11,
+        f"ResRL token weights of failed completions, read from {reading}: {mixed} of {len(groups)} groups have token "
+        "weights (the others hold no positive or no negative completion and keep weight 1)\n"
+        f"Shown: each negative's first {PNG_TOKENS} tokens, at most {PNG_CELL_CHARS} characters per cell (… marks a "
+        f"cut); up to {PNG_POSITIVES} positives per group, at most {PNG_POSITIVE_CHARS} characters each. "
+        "<e2 89>: the bytes of a token that holds part of a character. inspect.html shows everything.",
+        fontsize=10,
     )
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -363,20 +508,28 @@ def inspect(
     temperature: float = 1.0,
     seed: int = 0,
     hidden_layer: int = -2,
+    weight_position: str = "previous",
     positive_threshold: float = 0.0,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Sample, weight and write ``inspect.html``, ``inspect.png`` and ``weights.json``; returns the groups shown."""
+    """Sample, weight and write ``inspect.html``, ``inspect.png`` and ``weights.json``, one group at a time (only
+    one group's hidden states are held); returns the groups shown."""
     settings = settings or SubspaceSettings()
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    groups = sample_groups(
+    shown: list[dict[str, Any]] = []
+    sampled = iter_groups(
         model, tokenizer, prompts, solutions, reward, num_generations=num_generations, max_tokens=max_tokens,
-        temperature=temperature, seed=seed, hidden_layer=hidden_layer,
+        temperature=temperature, seed=seed, hidden_layer=hidden_layer, weight_position=weight_position,
     )  # fmt: skip
-    shown = _group_rows(groups, inspect_weights(groups, settings, positive_threshold, seed), tokenizer)
-    write_html(output / HTML_FILE, shown, settings)
-    write_png(output / PNG_FILE, shown, settings)
-    (output / JSON_FILE).write_text(json.dumps({"settings": vars(settings), "groups": shown}, indent=1))
+    for index, group in enumerate(sampled):
+        shown += _group_rows(group, inspect_weights(group, settings, positive_threshold, seed), tokenizer)
+        if progress:
+            print(f"group {index + 1} of {len(prompts)} sampled and weighted", flush=True)
+    write_html(output / HTML_FILE, shown, settings, weight_position)
+    write_png(output / PNG_FILE, shown, settings, weight_position)
+    summary = {"settings": vars(settings), "weight_position": weight_position, "groups": shown}
+    (output / JSON_FILE).write_text(json.dumps(summary, indent=1))
     return shown
 
 
@@ -401,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min_weight", type=float, default=0.1)
     parser.add_argument("--niter", type=int, default=4)
     parser.add_argument("--hidden_layer", type=int, default=-2, help="as resrl_hidden_layer in training")
+    parser.add_argument(
+        "--weight_position", default="previous", choices=WEIGHT_POSITIONS, help="as resrl_weight_position in training"
+    )
     parser.add_argument("--positive_threshold", type=float, default=0.0)
     parser.add_argument("--output_dir", default="outputs/inspect")
     return parser
@@ -410,7 +566,6 @@ def main(argv: list[str] | None = None) -> None:
     from .data import load_math_dataset
     from .models import load_model_and_tokenizer
     from .rewards import math_reward
-    from .trainer import decoder_layer_for_hidden_state
 
     opts = build_parser().parse_args(argv)
     try:
@@ -434,7 +589,8 @@ def main(argv: list[str] | None = None) -> None:
     shown = inspect(
         model, tokenizer, dataset["prompt"], dataset["solution"], math_reward, opts.output_dir, settings,
         num_generations=opts.num_generations, max_tokens=opts.max_tokens, temperature=opts.temperature,
-        seed=opts.seed, hidden_layer=opts.hidden_layer, positive_threshold=opts.positive_threshold,
+        seed=opts.seed, hidden_layer=opts.hidden_layer, weight_position=opts.weight_position,
+        positive_threshold=opts.positive_threshold, progress=True,
     )  # fmt: skip
     weighted = sum(g["bounds"] is not None for g in shown)
     output = Path(opts.output_dir)

@@ -26,6 +26,7 @@ from .residual import (
     GroupSubspaces,
     ResidualWeights,
     build_group_subspaces,
+    completion_states,
     compute_residual_weights,
     project_onto_group_subspaces,
 )
@@ -115,10 +116,10 @@ class RolloutPlacement:
         if self._captured is None or self._captured:
             yield
             return
-        captured = self._captured
+        captured, position = self._captured, self.trainer.args.resrl_weight_position
 
         def hook(module: nn.Module, hook_args: Any, output: Any) -> None:
-            captured.append(_block_output(output)[:, -logits_to_keep - 1 : -1].detach())
+            captured.append(completion_states(_block_output(output), logits_to_keep, position).detach())
 
         handle = self.trainer._resrl_layer.register_forward_hook(hook)
         try:
@@ -148,9 +149,10 @@ class RolloutPlacement:
         chunk_size = max(1, -(-len(rows) // num_chunks)) if len(rows) else 1
         chunks = list(rows.split(chunk_size)) if len(rows) else []
         captured: list[torch.Tensor] = []
+        position = trainer.args.resrl_weight_position
 
         def hook(module: nn.Module, hook_args: Any, output: Any) -> None:
-            captured.append(_block_output(output)[:, -num_tokens - 1 : -1].detach())
+            captured.append(completion_states(_block_output(output), num_tokens, position).detach())
 
         # Only hidden states are wanted: run the decoder stack alone, never the LM head. (Calling the LM head module
         # here, where the training forward only reads its weight through TRL's fused kernel, leaves ZeRO-3 unable to

@@ -27,12 +27,15 @@ __all__ = [
     "ResidualStats",
     "ResidualWeights",
     "SubspaceSettings",
+    "WEIGHT_POSITIONS",
     "build_group_subspaces",
+    "completion_states",
     "compute_residual_weights",
     "group_stream_seed",
     "project_onto_group_subspaces",
     "residual_energy",
     "residual_token_weights",
+    "subspace_positive_states",
     "think_span_mask",
     "token_energies",
 ]
@@ -41,6 +44,30 @@ LAYER_NORM_EPS = 1e-5
 MIN_POSITIVE_TOKENS = 4
 FLAT_ENERGY_RANGE = 1e-5
 MIN_ENERGY_RANGE = 1e-6
+WEIGHT_POSITIONS = ("previous", "own")
+"""Where a completion token's hidden state is read: ``"previous"`` (the reference), the position before the token,
+whose logits chose it; ``"own"`` (an ablation), the token's own position, the first state that has read it."""
+
+
+def completion_states(sequence_states: torch.Tensor, num_tokens: int, position: str = "previous") -> torch.Tensor:
+    """The ``(B, num_tokens, H)`` hidden states ResRL reads for the last ``num_tokens`` tokens of ``(B, L, H)``
+    prompt + completion states (a view, no copy).
+
+    ``position="previous"`` (the spec and the reference) takes the states at positions ``L - num_tokens - 1`` to
+    ``L - 2``: token ``t``'s state is the one whose logits score it, the same alignment as its log-probability. It has
+    not read token ``t``, so a failed completion's token that first departs from a successful one's text is read
+    from a state the two share. ``position="own"`` takes positions ``L - num_tokens`` to ``L - 1``: the state at the
+    token itself, which has read it.
+    """
+    if position not in WEIGHT_POSITIONS:
+        raise ValueError(f"the weight position must be one of {WEIGHT_POSITIONS}, got {position!r}")
+    if sequence_states.shape[1] <= num_tokens:
+        raise ValueError(
+            f"need more positions ({sequence_states.shape[1]}) than completion tokens ({num_tokens}): the states must "
+            "cover the prompt and the completion"
+        )
+    end = sequence_states.shape[1] - (position == "previous")
+    return sequence_states[:, end - num_tokens : end]
 
 
 @dataclass(frozen=True)
@@ -636,6 +663,33 @@ def build_group_subspaces(
             hidden, valid_mask, group_ids, is_positive, settings, num_groups, generator, group_seed, collective
         )
     return build.subspaces, build.stats
+
+
+def subspace_positive_states(
+    hidden: torch.Tensor,
+    valid_mask: torch.Tensor,
+    group_ids: torch.Tensor,
+    is_positive: torch.Tensor,
+    settings: SubspaceSettings = SubspaceSettings(),
+    *,
+    num_groups: int | None = None,
+    group_seed: int | None = None,
+) -> dict[int, torch.Tensor]:
+    """The positive hidden states each group's subspace is built from (steps 1-2): per group that gets token
+    weights, its id mapped to the ``(N, H)`` states (not layer-normed) of its valid positive tokens, subsampled to
+    ``settings.max_pos_tokens`` exactly as :func:`compute_residual_weights` subsamples them with the same
+    ``group_seed``. For analyses of the subspace that must see what training sees (one process's rows)."""
+    _check_shapes(hidden, valid_mask, group_ids, is_positive)
+    valid, positive = valid_mask.bool(), is_positive.bool()
+    census = _group_census(hidden, valid, group_ids, positive, num_groups, SINGLE_PROCESS)
+    if len(census.active_ids) == 0:
+        return {}
+    streams = _random_streams(census.active_ids, None, group_seed, hidden.device)
+    tokens = _positive_tokens(valid, positive, census, SINGLE_PROCESS)
+    if int(census.pos_total.max()) > settings.max_pos_tokens:
+        tokens = _subsample_positives(tokens, census, settings.max_pos_tokens, streams, SINGLE_PROCESS)
+    states = hidden[tokens.rows, tokens.cols]
+    return {int(group): states[tokens.group == index] for index, group in enumerate(census.active_ids.tolist())}
 
 
 def _row_subspaces(group_ids: torch.Tensor, subspaces: GroupSubspaces) -> tuple[torch.Tensor, torch.Tensor]:

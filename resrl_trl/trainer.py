@@ -14,8 +14,9 @@ from trl import GRPOTrainer
 from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
 from .config import ResRLConfig
 from .model_card import RESRL_PAPER, ModelCardMixin
+from .models import decoder_layer_for_hidden_state
 from .placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, make_placement
-from .residual import ResidualStats, group_stream_seed, think_span_mask
+from .residual import ResidualStats, completion_states, group_stream_seed, think_span_mask
 from .safety import SafeTrainingMixin
 from .trainer_logging import HeadProbe, TokenStatistics, check_head_probe, log_group_counts, show_sequence_advantages
 from .trl_compat import (
@@ -52,36 +53,6 @@ def shuffle_groups(batch: dict[str, Any], group_size: int) -> dict[str, Any]:
         return [value[i] for i in rows.tolist()]
 
     return {key: permute(value) for key, value in batch.items()}
-
-
-def decoder_layer_for_hidden_state(model: nn.Module, hidden_layer: int) -> nn.Module:
-    """The decoder block whose output is ``output_hidden_states[hidden_layer]``.
-
-    Works through PEFT, DDP and DeepSpeed wrappers: it looks for the module list of decoder blocks, whose length is
-    ``config.num_hidden_layers``.
-    """
-    config = None
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "get_text_config"):
-            config = config.get_text_config()
-            break
-    num_layers = getattr(config, "num_hidden_layers", None)
-    if num_layers is None:
-        raise ValueError("ResRL could not read num_hidden_layers from the model's config to find its decoder blocks")
-    blocks = [m for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers and name]
-    if not blocks:
-        raise ValueError(
-            f"ResRL found no list of {num_layers} decoder blocks in {type(model).__name__}; it needs a transformer "
-            "whose decoder blocks sit in an nn.ModuleList (as in every Hugging Face causal LM)"
-        )
-    index = hidden_layer if hidden_layer >= 0 else num_layers + 1 + hidden_layer
-    if not 1 <= index <= num_layers - 1:
-        raise ValueError(
-            f"resrl_hidden_layer={hidden_layer} does not name a decoder block's output in a model with {num_layers} "
-            f"blocks: use an index in [1, {num_layers - 1}] or [{-num_layers}, -2] (the paper uses -2)"
-        )
-    return blocks[0][index - 1]
 
 
 def think_marker_ids(processing_class: Any, start: str, end: str) -> tuple[list[int], list[int]]:
@@ -275,7 +246,7 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
             raise RuntimeError(
                 f"ResRL expected hidden states over {total} positions (prompt + completion), got {hidden.size(1)}"
             )
-        completion_hidden = hidden[:, total - num_tokens - 1 : total - 1]
+        completion_hidden = completion_states(hidden, num_tokens, self.args.resrl_weight_position)
         valid = self._valid_tokens(inputs)
         group_ids, is_positive, args = inputs[GROUP_IDS_KEY], inputs[IS_POSITIVE_KEY], self.args
         mode = "train" if self.model.training else "eval"

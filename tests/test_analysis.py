@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from resrl_trl.analysis import (
     balanced_partitions,
     cosine,
+    divergence_positions,
     head_gradient,
+    head_gradient_in_chunks,
     head_gradient_inner,
     heldout_energies,
     interference,
@@ -19,7 +21,13 @@ from resrl_trl.analysis import (
     weight_correlation,
     weighted_negative_share,
 )
-from resrl_trl.residual import SubspaceSettings, build_group_subspaces, token_energies
+from resrl_trl.residual import (
+    SubspaceSettings,
+    build_group_subspaces,
+    compute_residual_weights,
+    subspace_positive_states,
+    token_energies,
+)
 
 
 def rows_in_subspace(count: int, width: int, rank: int, generator: torch.Generator) -> torch.Tensor:
@@ -175,3 +183,69 @@ def test_head_gradient_inner_product_without_the_gradients() -> None:
     first, second = part(6), part(4)
     expected = (head_gradient(*first).double() * head_gradient(*second).double()).sum()
     torch.testing.assert_close(head_gradient_inner(first, second).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_divergence_position_is_the_longest_prefix_shared_with_a_positive() -> None:
+    ids = torch.tensor(
+        [
+            [5, 6, 7, 8, 0],  # group 0, positive
+            [5, 6, 9, 9, 0],  # leaves the positive at position 2
+            [4, 6, 7, 8, 0],  # leaves it at once
+            [5, 6, 7, 0, 0],  # a prefix of the positive (shorter, valid tokens only): no divergence
+            [5, 6, 7, 8, 1],  # group 1, positive
+            [5, 6, 7, 3, 1],  # group 1: diverges at 3 from row 4 (row 6 shares only 2 tokens)
+            [5, 6, 2, 8, 1],  # group 1, positive
+            [1, 1, 1, 1, 1],  # group 2: no positive
+        ]
+    )
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    valid[:4, 4] = False
+    valid[3, 3] = False
+    group_ids = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2])
+    is_positive = torch.tensor([True, False, False, False, True, False, True, False])
+    found = divergence_positions(ids, valid, group_ids, is_positive)
+    assert found.tolist() == [-1, 2, 0, -1, -1, 3, -1, -1]
+
+
+def test_divergence_token_is_read_from_a_state_a_positive_shares() -> None:
+    """With the reference's reading, the state that scores a negative's divergence token is a positive's state: a
+    causal model that has read the same prefix. Simulated: each state is a function of the prefix before it."""
+    generator = torch.Generator().manual_seed(0)
+    table = torch.randn(50, 16, generator=generator)
+    ids = torch.randint(10, 50, (8, 12), generator=generator)
+    ids[1::2, :5] = ids[0, :5]  # every negative shares 5 tokens with positive 0, then departs
+    ids[1::2, 5] = (ids[0, 5] + 1 - 10) % 40 + 10
+    # state before token t: a running sum of the embeddings of tokens 0..t-1 (a "prompt" state at t = 0)
+    states = torch.cat([torch.zeros(8, 1, 16), torch.cumsum(table[ids], 1)[:, :-1]], 1)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    group_ids, is_positive = torch.zeros(8, dtype=torch.long), torch.arange(8) % 2 == 0
+    divergence = divergence_positions(ids, valid, group_ids, is_positive)
+    assert set(divergence[1::2].tolist()) == {5}
+    torch.testing.assert_close(states[1, 5], states[0, 5])  # the divergence token's state is positive 0's
+    weights = compute_residual_weights(states, valid, group_ids, is_positive, SubspaceSettings(rank=4), group_seed=0)
+    assert bool((weights.weights[1::2, 5] < weights.weights[1::2, 6:].mean()).all())
+
+
+def test_head_gradient_in_chunks_equals_the_whole_gradient() -> None:
+    generator = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(37, 8, generator=generator), torch.randn(20, 8, generator=generator)
+    targets, coefficients = torch.randint(0, 20, (37,), generator=generator), torch.randn(37, generator=generator)
+    whole = head_gradient(hidden, hidden @ weight.T / 0.7, targets, coefficients)
+    chunked = head_gradient_in_chunks(hidden, weight, targets, coefficients, temperature=0.7, chunk_size=5)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_subspace_positive_states_are_the_rows_training_builds_from() -> None:
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(8, 30, 16, generator=generator)
+    valid = torch.ones(8, 30, dtype=torch.bool)
+    group_ids, is_positive = torch.arange(8) // 4, torch.tensor([True, True, False, False, True, False, True, False])
+    settings = SubspaceSettings(rank=4, max_pos_tokens=40)  # group 0 has 60 positive tokens, group 1 60
+    kept = subspace_positive_states(hidden, valid, group_ids, is_positive, settings, num_groups=2, group_seed=3)
+    subspaces, _ = build_group_subspaces(hidden, valid, group_ids, is_positive, settings, num_groups=2, group_seed=3)
+    assert sorted(kept) == [0, 1] and all(rows.shape == (40, 16) for rows in kept.values())
+    for index, group in enumerate(subspaces.group_ids.tolist()):
+        normed = F.layer_norm(kept[group], (16,), eps=1e-5)
+        torch.testing.assert_close(normed.mean(0), subspaces.mean[index], atol=1e-5, rtol=1e-5)
+    everything = subspace_positive_states(hidden, valid, group_ids, is_positive, SubspaceSettings(), group_seed=3)
+    torch.testing.assert_close(everything[0], hidden[:2].reshape(60, 16))

@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from resrl_trl.data import arithmetic_dataset
-from resrl_trl.inspector import HTML_FILE, JSON_FILE, PNG_FILE, inspect, inspect_weights, main, sample_groups
+from resrl_trl.inspector import (
+    HTML_FILE,
+    JSON_FILE,
+    PNG_FILE,
+    inspect,
+    inspect_weights,
+    main,
+    sample_groups,
+    token_label,
+)
 from resrl_trl.residual import SubspaceSettings, compute_residual_weights
 from resrl_trl.trainer import decoder_layer_for_hidden_state
 
@@ -59,6 +68,8 @@ def test_hidden_states_are_those_training_reads(embedded: tuple) -> None:
     total, length = prompt.shape[1] + completion.shape[1], completion.shape[1]
     training_hidden = captured[0][:, total - length - 1 : total - 1]
     torch.testing.assert_close(groups.hidden[:4][mask], training_hidden[mask].float(), rtol=1e-4, atol=1e-4)
+    own = groups.hidden_at("own")[:4]  # resrl_weight_position="own": one position later
+    torch.testing.assert_close(own[mask], captured[0][:, total - length :][mask].float(), rtol=1e-4, atol=1e-4)
 
     settings = SubspaceSettings(rank=8)
     found = inspect_weights(groups, settings, seed=3)
@@ -82,10 +93,14 @@ def test_page_and_picture(embedded: tuple, tmp_path: Path) -> None:
     )  # fmt: skip
     assert all(group["bounds"] is not None for group in shown)  # every group mixed by construction
     page = (tmp_path / HTML_FILE).read_text()
-    titles = re.findall(r"title='weight ([0-9.]+), energy ([0-9.e+-]+)'", page)
+    titles = re.findall(r"title='weight ([0-9.]+), energy ([0-9.e+-]+)(, divergence token)?'", page)
     negatives = [n for group in shown for n in group["negatives"]]
     assert len(titles) == sum(len(n["tokens"]) for n in negatives)
-    page_weights = [float(w) for w, _ in titles]
+    page_weights = [float(w) for w, _, _ in titles]
+    # each negative that leaves the positives' text has its divergence token outlined, and the page says why
+    diverging = [n for n in negatives if n["divergence"] is not None]
+    assert diverging and sum(bool(marked) for _, _, marked in titles) == len(diverging)
+    assert page.count("class='tok div'") == len(diverging) and "the position before it" in page
     shown_weights = [w for n in negatives for w in n["weights"]]
     assert page_weights == pytest.approx(shown_weights, abs=5e-4)
     assert all(0.1 - 1e-6 <= w <= 1 + 1e-6 for w in shown_weights) and min(shown_weights) < 0.5
@@ -102,6 +117,7 @@ def test_command_line(embedded: tuple, tmp_path: Path, capsys: pytest.CaptureFix
     for name in (HTML_FILE, PNG_FILE, JSON_FILE):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / JSON_FILE).read_text())
+    assert saved["weight_position"] == "previous"
     assert saved["settings"] == {"rank": 64, "max_pos_tokens": 4096, "q_low": 0.2, "q_high": 0.8, "min_weight": 0.1,
                                  "niter": 4}  # fmt: skip
     assert len(saved["groups"]) == 2
@@ -111,3 +127,13 @@ def test_command_line(embedded: tuple, tmp_path: Path, capsys: pytest.CaptureFix
             assert group["bounds"] is not None or set(negative["weights"]) == {1.0}
     with pytest.raises(SystemExit, match="q_low"):
         main(["--q_low", "0.9", "--q_high", "0.5", "--output_dir", str(tmp_path)])
+
+
+def test_a_token_holding_part_of_a_character_is_shown_as_its_bytes(embedded: tuple) -> None:
+    _, tokenizer = embedded
+    ids = tokenizer.encode("\u2260", add_special_tokens=False)  # "≠": three UTF-8 bytes, split over two tokens here
+    labels = [token_label(tokenizer, i) for i in ids]
+    assert "\ufffd" not in "".join(labels)
+    if len(ids) > 1:
+        assert "".join(labels) == "<e2 89><a0>"
+    assert token_label(tokenizer, tokenizer.encode(" x", add_special_tokens=False)[0]) == " x"

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from resrl_trl.residual import (
     SubspaceSettings,
     build_group_subspaces,
+    completion_states,
     compute_residual_weights,
     project_onto_group_subspaces,
     residual_token_weights,
@@ -326,3 +327,15 @@ def test_reproduces_the_reference_randomised_pca_on_full_rank_data():
         )
         torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
         assert (reference - exact)[negatives].abs().mean() > 0.01  # the case really is approximate
+
+
+def test_completion_states_reads_the_position_before_or_at_each_token():
+    states = torch.arange(2 * 7 * 3, dtype=torch.float32).view(2, 7, 3)  # 4 prompt + 3 completion positions
+    previous, own = completion_states(states, 3), completion_states(states, 3, "own")
+    torch.testing.assert_close(previous, states[:, 3:6])  # position 3 (the prompt's last) scores the first token
+    torch.testing.assert_close(own, states[:, 4:7])
+    assert previous.data_ptr() == states[:, 3:].data_ptr()  # a view: no hidden state is copied
+    with pytest.raises(ValueError, match="must be one of"):
+        completion_states(states, 3, "next")
+    with pytest.raises(ValueError, match="cover the prompt and the completion"):
+        completion_states(states, 7)

@@ -72,6 +72,29 @@ def test_micro_batches_smaller_than_a_group_get_the_in_step_weights(tmp_path, to
     assert weighted > 0, "the parity reward should give mixed groups"
 
 
+def test_own_weight_position_gives_the_same_weights_in_both_placements(
+    tmp_path, tokenizer, prompts_dataset, monkeypatch
+):
+    """resrl_weight_position="own" keeps the placements' parity, and its weights differ from the reference
+    reading's (the previous position's state)."""
+    _, in_step = train_and_record(
+        tmp_path / "step", tokenizer, prompts_dataset, monkeypatch, resrl_weight_position="own"
+    )
+    trainer, rollout = train_and_record(
+        tmp_path / "rollout", tokenizer, prompts_dataset, monkeypatch, resrl_weight_position="own",
+        per_device_train_batch_size=2, gradient_accumulation_steps=4,
+    )  # fmt: skip
+    _, previous = train_and_record(tmp_path / "previous", tokenizer, prompts_dataset, monkeypatch)
+    assert trainer.args.resrl_subspace == "rollout"
+    assert rollout.keys() == in_step.keys() == previous.keys() and len(rollout) > 1
+    weighted = differs = 0
+    for key, weights in in_step.items():
+        torch.testing.assert_close(rollout[key], weights, atol=1e-4, rtol=0)
+        weighted += int((weights < 1).sum())
+        differs += int(((weights - previous[key]).abs() > 1e-3).sum())
+    assert weighted > 0 and differs > 0
+
+
 def test_rollout_reuses_trl_old_logprob_forward(tmp_path, tokenizer, prompts_dataset, monkeypatch):
     """When TRL runs its own no-grad forward over the rollout (here: four optimiser steps per generation), the hidden
     states come from it, equal those of a forward of ResRL's own, and no extra forward runs."""

@@ -79,6 +79,24 @@ def test_hook_captures_second_to_last_block_at_aligned_positions(
     assert batch["advantages"].dim() == 1  # the caller's (buffered) batch is untouched
 
 
+@pytest.mark.parametrize("position", ["previous", "own"])
+def test_hook_reads_the_configured_weight_position(position, tmp_path, tokenizer, prompts_dataset, monkeypatch):
+    """resrl_weight_position: the state before each completion token (whose logits chose it) or at the token."""
+    trainer = make_trainer(
+        tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False, resrl_weight_position=position
+    )
+    seen = record_hidden(monkeypatch)
+    batch = hand_batch(tokenizer)
+    trainer._compute_loss(trainer.model, batch)
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    with torch.no_grad():
+        states = trainer.model(input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-2]
+    tokens, length = batch["completion_ids"].size(1), input_ids.size(1)
+    start = length - tokens - (position == "previous")
+    torch.testing.assert_close(seen[0], states[:, start : start + tokens], atol=1e-5, rtol=1e-5)
+
+
 def test_hook_uses_first_forward_when_the_block_runs_again(tmp_path, tokenizer, prompts_dataset, monkeypatch):
     """Some checkpointing wrappers re-enter the block's __call__ on recomputation: only the first run counts."""
     trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False)
@@ -262,6 +280,7 @@ def test_tool_output_is_neither_weighted_nor_used_for_the_basis(tmp_path, tokeni
         (dict(resrl_pos_weight=-1.0), "resrl_pos_weight"),
         (dict(resrl_hidden_layer=-1), "not a decoder block"),
         (dict(resrl_max_pos_tokens=2), "resrl_max_pos_tokens"),
+        (dict(resrl_weight_position="current"), r"resrl_weight_position must be one of \['previous', 'own'\]"),
     ],
 )
 def test_bad_config_is_refused_with_the_fix(tmp_path, overrides, message):
