@@ -264,7 +264,16 @@ def _supervisor(argv: list[str]) -> None:
     import signal
     import time
 
-    request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    # The request is a length line and a JSON header; a judge's source follows, left unread for the judge alone:
+    # the program's process is forked from this one and must never have had the tests in its memory.
+    size = b""
+    while not size.endswith(b"\n"):
+        size += os.read(0, 1) or b"\n"
+    header = bytearray()
+    while len(header) < int(size or 0):
+        header += os.read(0, int(size) - len(header)) or b"\n" * int(size)
+    request = json.loads(header.decode("utf-8"))
+    del header
     if request.get("mount"):
         _enter_namespaces(request["mount"])
     if request.get("uid") is not None:  # root outside: become the sandbox's own unprivileged user
@@ -337,17 +346,17 @@ def _supervisor(argv: list[str]) -> None:
             to_program_r, to_program_w = os.pipe()
             verdict_r, verdict_w = os.pipe()
             log_r, log_w = os.pipe()
-            null = os.open("/dev/null", os.O_RDONLY)
             program_fds.update({3: to_program_r, 4: to_judge_w})
-            judge_fds = {0: null, 1: log_w, 2: log_w, 3: to_judge_r, 4: to_program_w, 5: verdict_w}
+            judge_fds = {0: 0, 1: log_w, 2: log_w, 3: to_judge_r, 4: to_program_w, 5: verdict_w}
             readers.update({verdict_r: "verdict", log_r: "judge_log"})
-            ends += [to_judge_r, to_judge_w, to_program_r, to_program_w, verdict_w, log_w, null]
+            ends += [to_judge_r, to_judge_w, to_program_r, to_program_w, verdict_w, log_w]
         caps = {"verdict": request["verdict_bytes"], "judge_log": request["log_bytes"]}
         chunks = {name: bytearray() for name in readers.values()}
         start = time.monotonic()
         deadline = start + limits["wall_s"]
         program = spawn(program_fds, request["program"], program_limits)
-        judge = spawn(judge_fds, request["judge"], common) if judge_fds else None
+        boot = "import sys\nexec(compile(sys.stdin.read(), '<judge>', 'exec', dont_inherit=True), globals())\n"
+        judge = spawn(judge_fds, boot, common) if judge_fds else None  # it reads its source from our stdin
         for fd in ends:
             os.close(fd)
         last = judge or program  # the run ends when this process exits
@@ -661,18 +670,20 @@ class Sandbox:
         judge: str | None = None,
         keep_going: Callable[[int, RunResult], bool] | None = None,
     ) -> list[RunResult]:
-        """Run ``program`` once per stdin input (with ``judge`` beside it when given), in one sandbox.
+        """Run ``program`` once per stdin input (with ``judge`` beside it when given: one input only), in one sandbox.
 
         After each run ``keep_going(index, result)`` may return False to stop there (the sandbox is killed). The
         list is as long as ``inputs`` unless stopped; a sandbox that fails ends it with a ``"harness"`` result.
         """
+        if judge is not None and len(inputs) != 1:
+            raise ValueError("a judged program runs once: give one input")
         backend, as_root = self.backend, os.geteuid() == 0
         layout = _layout()
         uid = _UIDS.acquire() if as_root and backend != "none" else None
         scratch = tempfile.mkdtemp(prefix="resrl-sandbox-") if backend == "none" else None
         request: dict[str, Any] = {
             "program": program,
-            "judge": judge,
+            "judge": judge is not None,
             "inputs": [bytes(data).decode("latin-1") for data in inputs],
             "limits": asdict(self.limits),
             "uid": uid,
@@ -705,7 +716,9 @@ class Sandbox:
                 start_new_session=True,  # so that one killpg ends the backend and everything it started
             )
             try:
-                return _exchange(process, json.dumps(request).encode(), len(inputs), deadline, keep_going)
+                header = json.dumps(request).encode()
+                message = b"%d\n" % len(header) + header + (judge or "").encode()
+                return _exchange(process, message, len(inputs), deadline, keep_going)
             finally:
                 try:
                     os.killpg(process.pid, signal.SIGKILL)
