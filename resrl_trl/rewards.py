@@ -10,11 +10,32 @@ restating the question ("6 + 1 is 9") earns nothing. For TRL's LaTeX-only check,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .answer_parsing import score_answer
 
-__all__ = ["LengthScaledReward", "MathReward", "completion_text", "math_reward", "score_answer"]
+if TYPE_CHECKING:
+    from .code_check import CodeReward, code_reward
+
+__all__ = [
+    "CodeReward",
+    "LengthScaledReward",
+    "MathReward",
+    "code_reward",
+    "completion_text",
+    "math_reward",
+    "score_answer",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """``code_reward`` and ``CodeReward`` (:mod:`resrl_trl.code_check`: programs run in a sandbox against the row's
+    ``tests``), imported on first use so that importing the maths rewards stays cheap."""
+    if name in ("code_reward", "CodeReward"):
+        from . import code_check
+
+        return getattr(code_check, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def completion_text(completion: Any) -> str | bytes:
