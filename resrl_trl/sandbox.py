@@ -94,6 +94,7 @@ FIX = (
 )
 SCRATCH = "/scratch"
 STARTUP_ALLOWANCE_S = 10.0  # beyond the runs' own wall times, for starting the sandbox on a loaded machine
+STOP_GRACE_S = 5.0  # for a stopped sandbox to kill its run and exit by itself
 JUDGE_LOG_BYTES = 1 << 16
 VERDICT_BYTES = 1 << 20
 UID_BASE = 1_600_000_000  # unused user ids for sandboxes started by root: one range of 1000 per trainer process
@@ -291,6 +292,7 @@ def _supervisor(argv: list[str]) -> None:
     except (ImportError, OSError, AttributeError):
         libc = None
     limits = request["limits"]
+    stop = request["stop_fd"]  # readable (closed) when the trainer wants us gone: we end and get reaped
     init = os.getpid() == 1  # isolated: kill(-1) reaches exactly the sandbox's processes
     nproc: int | None = limits["processes"] + 3  # supervisor, judge and program count too
     if not init:  # no namespace: RLIMIT_NPROC counts all of the user's tasks (and never applies to root)
@@ -388,11 +390,14 @@ def _supervisor(argv: list[str]) -> None:
             if remaining <= 0:
                 status = "timeout"
                 break
-            watched = list(readers) + ([watcher] if watcher is not None else [])
+            watched = list(readers) + [stop] + ([watcher] if watcher is not None else [])
             ready = select.select(watched, [], [], min(remaining, 0.005) if watcher is None else remaining)[0]
             for fd in ready:
                 if fd == watcher:
                     running = False
+                elif fd == stop:  # the trainer is done with us (or gone): end the run now
+                    status = "stopped"
+                    break
                 elif not take(fd):
                     break
             if watcher is None and (done := os.waitpid(last, os.WNOHANG))[0]:
@@ -442,7 +447,12 @@ def _supervisor(argv: list[str]) -> None:
         }
 
     for data in request["inputs"]:
-        line = (json.dumps(run(data.encode("latin-1"))) + "\n").encode()
+        if select.select([stop], [], [], 0)[0]:
+            break
+        result = run(data.encode("latin-1"))
+        if result["status"] == "stopped":
+            break
+        line = (json.dumps(result) + "\n").encode()
         while line:
             line = line[os.write(1, line) :]
 
@@ -576,22 +586,23 @@ class _UidSlots:
 
     def __init__(self) -> None:
         self.base = UID_BASE + (os.getpid() % 100_000) * 1000
-        self._free: list[int] = []
+        self._busy: set[int] = set()
         self._next = 0
         self._lock = threading.Lock()
 
     def acquire(self) -> int:
+        """The next free id, round robin: one is reused as late as possible (a killed sandbox ends asynchronously)."""
         with self._lock:
-            if self._free:
-                return self._free.pop()
-            if self._next >= 1000:
-                raise RuntimeError("more than 1000 sandboxes at once")
-            self._next += 1
-            return self.base + self._next - 1
+            for _ in range(1000):
+                uid, self._next = self.base + self._next, (self._next + 1) % 1000
+                if uid not in self._busy:
+                    self._busy.add(uid)
+                    return uid
+            raise RuntimeError("more than 1000 sandboxes at once")
 
     def release(self, uid: int) -> None:
         with self._lock:
-            self._free.append(uid)
+            self._busy.discard(uid)
 
 
 _UIDS = _UidSlots()
@@ -705,6 +716,8 @@ class Sandbox:
             prefix = []
         argv = prefix + [layout["interpreter"], "-I", "-S", "-c", supervisor_source()]
         deadline = time.monotonic() + STARTUP_ALLOWANCE_S + len(inputs) * (self.limits.wall_s + 2.0)
+        stop_r, stop_w = os.pipe()
+        request["stop_fd"] = stop_r
         try:
             process = subprocess.Popen(
                 argv,
@@ -713,26 +726,39 @@ class Sandbox:
                 stderr=subprocess.PIPE,
                 env=_environment(scratch or SCRATCH),
                 cwd=scratch or "/",
+                pass_fds=(stop_r,),
                 start_new_session=True,  # so that one killpg ends the backend and everything it started
             )
+            os.close(stop_r)
             try:
                 header = json.dumps(request).encode()
                 message = b"%d\n" % len(header) + header + (judge or "").encode()
                 return _exchange(process, message, len(inputs), deadline, keep_going)
             finally:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                process.wait()
-                for stream in (process.stdin, process.stdout, process.stderr):
-                    if stream is not None and not stream.closed:
-                        stream.close()
+                _end(process, stop_w)
         finally:
             if uid is not None:
                 _UIDS.release(uid)
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _end(process: subprocess.Popen, stop: int) -> None:
+    """End a sandbox: close its stop pipe so that its init kills its run and exits (then the backend reaps it and
+    exits too); kill the whole group only when that does not happen soon. Killing first would orphan the sandbox's
+    init, and an orphan is reaped only when the machine's init gets to it (some containers' never does)."""
+    os.close(stop)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None and not stream.closed:
+            stream.close()
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.wait()
 
 
 def _exchange(
