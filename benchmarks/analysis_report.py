@@ -15,7 +15,11 @@ positive and negative completions:
 3. gradient interference: per step (``prompts_per_step`` groups), the cosine between the positive and the negative
    completions' policy-gradient at the output head, with GRPO advantages, without and with ResRL's token weights.
 
-Writes the raw numbers to ``--output`` (JSON) and prints Markdown tables.
+Writes the raw numbers to ``--output`` (JSON) and prints Markdown tables. It works one group at a time: sampling, a
+decoder-only forward (no logits kept), the group's measurements, and its head gradients added to three ``(V, H)``
+sums formed from 256-token chunks of logits, so memory does not grow with the number of groups and only linearly
+with completion length (``benchmarks/analysis_memory.py`` measures it). The rank measurement uses the positive tokens
+training builds from: subsampled to ``max_pos_tokens`` as training subsamples them.
 """
 
 from __future__ import annotations
@@ -27,25 +31,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import RANKS, analyse_group
 
-from resrl_trl.analysis import heldout_energies, interference, variance_share_by_rank, weight_correlation
+from resrl_trl.analysis import HeadGradients
 from resrl_trl.data import load_math_dataset
-from resrl_trl.inspector import sample_groups
+from resrl_trl.inspector import iter_groups
 from resrl_trl.models import load_model_and_tokenizer
-from resrl_trl.residual import SubspaceSettings, compute_residual_weights
+from resrl_trl.residual import SubspaceSettings
 from resrl_trl.rewards import math_reward
-
-RANKS = (8, 16, 32, 64, 128)
-
-
-def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """TRL's default advantages: reward minus the group mean, over the group standard deviation."""
-    advantages = torch.zeros_like(rewards)
-    for group in group_ids.unique():
-        rows = group_ids == group
-        values = rewards[rows]
-        advantages[rows] = (values - values.mean()) / (values.std() + eps)
-    return advantages
 
 
 def main() -> None:
@@ -73,80 +66,41 @@ def main() -> None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, opts.adapter)
-    model.eval()
-    steps = []
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    head_weight = model.get_output_embeddings().weight.detach()
+    settings = SubspaceSettings()
+    report: dict = {"settings": vars(opts), "ranks": list(RANKS), "groups": [], "steps": []}
     for start in range(0, len(rows), opts.prompts_per_step):
         chunk = rows.select(range(start, min(start + opts.prompts_per_step, len(rows))))
-        steps.append(
-            sample_groups(
-                model,
-                tokenizer,
-                chunk["prompt"],
-                chunk["solution"],
-                math_reward,
-                num_generations=opts.num_generations,
-                max_tokens=opts.max_tokens,
-                temperature=opts.temperature,
-                seed=opts.seed * 7919 + start,
-                with_head=True,
-            )  # fmt: skip
-        )
-        print(f"sampled {start + len(chunk)} of {len(rows)} prompts", flush=True)
-
-    paper = SubspaceSettings()
-    report: dict = {"settings": vars(opts), "ranks": list(RANKS), "groups": [], "steps": []}
-    for index, groups in enumerate(steps):
-        is_positive = groups.rewards > 0
-        num_groups = len(groups.prompts)
-        weights = {
-            rank: compute_residual_weights(
-                groups.hidden,
-                groups.completion_mask,
-                groups.group_ids,
-                is_positive,
-                SubspaceSettings(rank=rank),
-                group_seed=opts.seed,
-                num_groups=num_groups,
-            ).weights  # fmt: skip
-            for rank in RANKS
-        }
-        for group in range(num_groups):
-            in_group = groups.group_ids == group
-            positives, negatives = in_group & is_positive, in_group & ~is_positive
-            if not positives.any() or not negatives.any():
-                continue
-            positive_hidden = groups.hidden[positives][groups.completion_mask[positives]]
-            weighted = groups.completion_mask & negatives[:, None]
-            report["groups"].append(
-                {
-                    "positive_tokens": int(positive_hidden.shape[0]),
-                    "negative_tokens": int(weighted.sum()),
-                    "variance_share": variance_share_by_rank(positive_hidden, RANKS).tolist(),
-                    "weight_correlation_with_rank_64": [
-                        weight_correlation(weights[rank], weights[64], weighted) for rank in RANKS
-                    ],
-                }
-            )
-        held = heldout_energies(
-            groups.hidden, groups.completion_mask, groups.group_ids, is_positive, paper, group_seed=opts.seed
-        )
-        advantages = grpo_advantages(groups.rewards.nan_to_num(0.0), groups.group_ids)
-        plain, weighted_cosine = interference(  # the sampling distribution: logits over the temperature, as in TRL
-            groups.final_hidden, groups.logits / opts.temperature, groups.completion_ids, groups.completion_mask,
-            advantages, is_positive, weights[64],
+        sums = HeadGradients(head_weight, opts.temperature)  # the sampling distribution's logits, as in TRL
+        positives = negatives = 0
+        step_groups = []
+        sampled = iter_groups(
+            model, tokenizer, chunk["prompt"], chunk["solution"], math_reward, num_generations=opts.num_generations,
+            max_tokens=opts.max_tokens, temperature=opts.temperature, seed=opts.seed * 7919 + start,
+            with_head=True, rows_per_forward=1, first_group=start,
         )  # fmt: skip
+        for groups in sampled:  # one group's states at a time
+            positives += int((groups.rewards > 0).sum())
+            negatives += int((~(groups.rewards > 0)).sum())
+            found = analyse_group(groups, sums, settings, opts.seed)
+            if found is not None:
+                step_groups.append(found)
+        plain, weighted_cosine = sums.cosines()
+        pairs = [len(g["heldout_positive_energy"]) * len(g["negative_energy"]) for g in step_groups]
+        separations = [g["separation"] * n for g, n in zip(step_groups, pairs, strict=True) if n]
+        report["groups"] += step_groups
         report["steps"].append(
             {
-                "step": index,
-                "positives": int(is_positive.sum()),
-                "negatives": int((~is_positive).sum()),
-                "heldout_positive_energy": held.positive.tolist(),
-                "negative_energy": held.negative.tolist(),
-                "separation": held.separation,
+                "step": len(report["steps"]),
+                "positives": positives,
+                "negatives": negatives,
+                "separation": sum(separations) / sum(pairs) if sum(pairs) else float("nan"),
                 "cosine_plain": plain,
                 "cosine_weighted": weighted_cosine,
             }
         )
+        print(f"sampled {start + len(chunk)} of {len(rows)} prompts", flush=True)
     Path(opts.output).parent.mkdir(parents=True, exist_ok=True)
     Path(opts.output).write_text(json.dumps(report, indent=1))
     print_tables(report)
@@ -158,15 +112,19 @@ def print_tables(report: dict) -> None:
         print("No prompt group held both a positive and a negative completion: sample more prompts.")
         return
     median_tokens = np.median([g["positive_tokens"] for g in groups])
-    print(f"\n{len(groups)} mixed groups; positive tokens per group: median {median_tokens:.0f}")
+    median_kept = np.median([g["subspace_tokens"] for g in groups])
+    print(
+        f"\n{len(groups)} mixed groups; positive tokens per group: median {median_tokens:.0f} ({median_kept:.0f} "
+        "after the max_pos_tokens subsample that training applies)"
+    )
     print("\n| rank | variance share kept (mean over groups) | weight correlation with rank 64 (mean) |")
     print("| ---: | ---: | ---: |")
     for i, rank in enumerate(report["ranks"]):
         share = np.nanmean([g["variance_share"][i] for g in groups])
         corr = np.nanmean([g["weight_correlation_with_rank_64"][i] for g in groups])
         print(f"| {rank} | {share:.3f} | {corr:.3f} |")
-    positive = [e for s in report["steps"] for e in s["heldout_positive_energy"]]
-    negative = [e for s in report["steps"] for e in s["negative_energy"]]
+    positive = [e for g in groups for e in g["heldout_positive_energy"]]
+    negative = [e for g in groups for e in g["negative_energy"]]
     separations = [s["separation"] for s in report["steps"] if s["separation"] == s["separation"]]
     print(
         f"\nHeld-out positive tokens: mean energy {np.mean(positive):.4f} (n={len(positive)}); negative tokens: "

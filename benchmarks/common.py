@@ -41,6 +41,13 @@ QWEN3_1_7B = dict(  # Qwen3-1.7B's architecture
     tie_word_embeddings=True,
     rope_theta=1e6,
 )
+QWEN3_4B = QWEN3_1_7B | dict(  # Qwen3-4B's architecture
+    hidden_size=2560,
+    intermediate_size=9728,
+    num_hidden_layers=36,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+)
 TINY_QWEN3 = QWEN3_1_7B | dict(  # Qwen3's code paths at toy size, for smoke runs on the CPU
     vocab_size=512,
     hidden_size=64,
@@ -178,6 +185,56 @@ def run_in_own_process(script: str, argv: Sequence[str]) -> dict[str, Any]:
     if proc.returncode != 0:
         sys.exit(f"{' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+RANKS = (8, 16, 32, 64, 128)
+"""The ranks the analysis compares (the paper's 64 among them)."""
+
+
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """TRL's default advantages: reward minus the group mean, over the group standard deviation."""
+    advantages = torch.zeros_like(rewards)
+    for group in group_ids.unique():
+        rows = group_ids == group
+        values = rewards[rows]
+        advantages[rows] = (values - values.mean()) / (values.std() + eps)
+    return advantages
+
+
+def analyse_group(groups: Any, sums: Any, settings: Any, seed: int) -> dict | None:
+    """One group's rank, weight-correlation and held-out numbers (None unless it gets token weights); adds its
+    head gradients to ``sums``. Holds one group's states and three (V, H) gradient sums, nothing more."""
+    from dataclasses import replace
+
+    from resrl_trl.analysis import heldout_energies, variance_share_by_rank, weight_correlation
+    from resrl_trl.residual import compute_residual_weights, subspace_positive_states
+
+    is_positive = groups.rewards > 0
+    hidden, mask, group_ids = groups.hidden, groups.completion_mask, groups.group_ids
+    weights = {
+        rank: compute_residual_weights(
+            hidden, mask, group_ids, is_positive, replace(settings, rank=rank), group_seed=seed
+        ).weights
+        for rank in RANKS
+    }
+    advantages = grpo_advantages(groups.rewards.nan_to_num(0.0), group_ids)
+    sums.add(groups.final_hidden, groups.completion_ids, mask, advantages, is_positive, weights[64])
+    kept = subspace_positive_states(hidden, mask, group_ids, is_positive, settings, group_seed=seed)
+    if not kept:
+        return None
+    (positive_hidden,) = kept.values()  # the positive tokens training builds the subspace from (subsampled)
+    held = heldout_energies(hidden, mask, group_ids, is_positive, settings, group_seed=seed)
+    weighted = mask & ~is_positive[:, None]
+    return {
+        "positive_tokens": int((mask & is_positive[:, None]).sum()),
+        "subspace_tokens": int(positive_hidden.shape[0]),
+        "negative_tokens": int(weighted.sum()),
+        "variance_share": variance_share_by_rank(positive_hidden, RANKS).tolist(),
+        "weight_correlation_with_rank_64": [weight_correlation(weights[r], weights[64], weighted) for r in RANKS],
+        "heldout_positive_energy": held.positive.tolist(),
+        "negative_energy": held.negative.tolist(),
+        "separation": held.separation,
+    }
 
 
 def device_name(device: str) -> str:

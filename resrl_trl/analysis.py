@@ -29,7 +29,9 @@ from .residual import LAYER_NORM_EPS, SubspaceSettings, build_group_subspaces, t
 
 __all__ = [
     "balanced_partitions",
+    "HeadGradients",
     "HeldOutEnergies",
+    "add_head_gradients",
     "cosine",
     "divergence_positions",
     "head_gradient",
@@ -167,6 +169,34 @@ def head_gradient(
 
 
 @torch.no_grad()
+def add_head_gradients(
+    totals: Sequence[torch.Tensor],
+    final_hidden: torch.Tensor,
+    head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    coefficients: Sequence[torch.Tensor],
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+) -> None:
+    """Add :func:`head_gradient` for each ``(N,)`` coefficient map to the matching ``(V, H)`` float32 tensor of
+    ``totals``, in place, with the logits ``final_hidden @ head_weight^T / temperature`` formed ``chunk_size`` tokens
+    at a time (one softmax serves every map). Memory beyond ``totals``: ``O(chunk_size V)``, whatever the number of
+    tokens ``N``, so a group of 4096-token completions fits where its ``(N, V)`` logits would not. The chain rule's
+    ``1 / temperature`` factor is left out: a cosine does not see it."""
+    weight = head_weight.float()
+    for start in range(0, len(targets), chunk_size):
+        rows = slice(start, start + chunk_size)
+        hidden = final_hidden[rows].float()
+        logits = hidden @ weight.mT
+        if temperature != 1.0:
+            logits /= temperature
+        scores = torch.softmax(logits, dim=-1)  # d(-log p_y)/dlogits = p - e_y
+        del logits
+        scores[torch.arange(len(scores), device=scores.device), targets[rows]] -= 1.0
+        for total, coefficient in zip(totals, coefficients, strict=True):
+            total.addmm_((scores * coefficient[rows].float()[:, None]).mT, hidden)  # no (V, H) temporary
+
+
 def head_gradient_in_chunks(
     final_hidden: torch.Tensor,
     head_weight: torch.Tensor,
@@ -175,20 +205,11 @@ def head_gradient_in_chunks(
     temperature: float = 1.0,
     chunk_size: int = 256,
 ) -> torch.Tensor:
-    """:func:`head_gradient` with the logits ``final_hidden @ head_weight^T / temperature`` formed ``chunk_size``
-    tokens at a time: memory ``O(chunk_size V + V H)`` whatever the number of tokens ``N``, so a group of 4096-token
-    completions fits where its ``(N, V)`` logits would not. The result is the same ``(V, H)`` float32 gradient (up to
-    summation order); the chain rule's ``1 / temperature`` factor is left out, as a cosine does not see it."""
-    gradient = torch.zeros(head_weight.shape, device=head_weight.device, dtype=torch.float32)
-    weight = head_weight.float()
-    for start in range(0, len(targets), chunk_size):
-        rows = slice(start, start + chunk_size)
-        hidden = final_hidden[rows].float()
-        logits = hidden @ weight.mT
-        if temperature != 1.0:
-            logits /= temperature
-        gradient += head_gradient(hidden, logits, targets[rows], coefficients[rows])
-    return gradient
+    """:func:`head_gradient` from the head's weight instead of the logits (see :func:`add_head_gradients`): the same
+    ``(V, H)`` float32 gradient up to summation order and the ``1 / temperature`` factor."""
+    total = torch.zeros(head_weight.shape, device=head_weight.device, dtype=torch.float32)
+    add_head_gradients([total], final_hidden, head_weight, targets, [coefficients], temperature, chunk_size)
+    return total
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -325,6 +346,48 @@ def divergence_positions(
         longest = same.long().cumprod(-1).sum(-1).amax(1)  # (negatives,) longest shared prefix with a positive
         out[neg] = torch.where(longest < valid[neg].sum(1), longest, -1)
     return out
+
+
+class HeadGradients:
+    """Running sums, over the groups of one step, of the head gradients (:func:`head_gradient_in_chunks`) of the
+    positive completions' tokens and of the negative completions' tokens without and with ResRL's token weights:
+    three ``(V, H)`` float32 tensors, whatever the number or length of the completions. :meth:`cosines` then gives
+    what :func:`interference` gives for all the groups at once."""
+
+    def __init__(self, head_weight: torch.Tensor, temperature: float = 1.0, chunk_size: int = 256) -> None:
+        self.head_weight, self.temperature, self.chunk_size = head_weight, temperature, chunk_size
+        self.positive, self.negative, self.negative_weighted = (
+            torch.zeros(head_weight.shape, device=head_weight.device, dtype=torch.float32) for _ in range(3)
+        )
+
+    def add(
+        self,
+        final_hidden: torch.Tensor,
+        targets: torch.Tensor,
+        valid_mask: torch.Tensor,
+        advantages: torch.Tensor,
+        is_positive: torch.Tensor,
+        token_weights: torch.Tensor,
+    ) -> None:
+        """Add a batch's tokens; the arguments are those of :func:`interference`, without logits."""
+        mask, rows_positive = valid_mask.bool(), is_positive.bool()[:, None].expand_as(valid_mask)
+        coefficient = advantages.float()[:, None].expand_as(targets)
+        positive, negative = mask & rows_positive, mask & ~rows_positive
+        settings = (self.head_weight, self.temperature, self.chunk_size)
+        add_head_gradients(
+            [self.positive], final_hidden[positive], settings[0], targets[positive], [coefficient[positive]],
+            *settings[1:],
+        )  # fmt: skip
+        plain = coefficient[negative]
+        add_head_gradients(
+            [self.negative, self.negative_weighted], final_hidden[negative], settings[0], targets[negative],
+            [plain, plain * token_weights[negative].float()], *settings[1:],
+        )  # fmt: skip
+
+    def cosines(self) -> tuple[float, float]:
+        """``(plain, weighted)``: the cosine of the positives' gradient with the negatives', without and with token
+        weights (NaN where a side has no tokens)."""
+        return cosine(self.positive, self.negative), cosine(self.positive, self.negative_weighted)
 
 
 # --- Group scope: which negatives get token weights when micro-batches hold partial groups. ---

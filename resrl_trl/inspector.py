@@ -37,6 +37,7 @@ from .residual import (
 
 __all__ = [
     "SampledGroups",
+    "block_states",
     "concatenate",
     "inspect_weights",
     "iter_groups",
@@ -100,7 +101,7 @@ def _completion_mask(ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _block_states(
+def block_states(
     model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: int, hidden_layer: int,
     with_head: bool, rows_per_forward: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
@@ -174,7 +175,7 @@ def iter_groups(
         texts = [tokenizer.decode(ids[m], skip_special_tokens=True) for ids, m in zip(completions, mask, strict=True)]
         scores = reward(completions=texts, solution=[solution] * len(texts))
         attention_mask = torch.cat([torch.ones_like(prompt_ids).expand(len(output), -1), mask.long()], 1)
-        states, finals = _block_states(
+        states, finals = block_states(
             model, output, attention_mask, completions.shape[1] + 1, hidden_layer, with_head, rows_per_forward
         )
         yield SampledGroups(

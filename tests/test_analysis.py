@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from resrl_trl.analysis import (
+    HeadGradients,
+    add_head_gradients,
     balanced_partitions,
     cosine,
     divergence_positions,
@@ -233,6 +235,10 @@ def test_head_gradient_in_chunks_equals_the_whole_gradient() -> None:
     whole = head_gradient(hidden, hidden @ weight.T / 0.7, targets, coefficients)
     chunked = head_gradient_in_chunks(hidden, weight, targets, coefficients, temperature=0.7, chunk_size=5)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    totals = [torch.ones(20, 8), torch.zeros(20, 8)]
+    add_head_gradients(totals, hidden, weight, targets, [coefficients, -2 * coefficients], 0.7, chunk_size=8)
+    torch.testing.assert_close(totals[0], 1 + whole, atol=1e-5, rtol=1e-5)  # added in place, one softmax for both
+    torch.testing.assert_close(totals[1], -2 * whole, atol=1e-5, rtol=1e-5)
 
 
 def test_subspace_positive_states_are_the_rows_training_builds_from() -> None:
@@ -249,3 +255,23 @@ def test_subspace_positive_states_are_the_rows_training_builds_from() -> None:
         torch.testing.assert_close(normed.mean(0), subspaces.mean[index], atol=1e-5, rtol=1e-5)
     everything = subspace_positive_states(hidden, valid, group_ids, is_positive, SubspaceSettings(), group_seed=3)
     torch.testing.assert_close(everything[0], hidden[:2].reshape(60, 16))
+
+
+def test_head_gradients_summed_group_by_group_give_the_interference_of_the_batch() -> None:
+    generator = torch.Generator().manual_seed(1)
+    final_hidden, weight = torch.randn(8, 6, 5, generator=generator), torch.randn(11, 5, generator=generator)
+    targets = torch.randint(0, 11, (8, 6), generator=generator)
+    valid = torch.ones(8, 6, dtype=torch.bool)
+    valid[3, 4:] = False
+    advantages = torch.randn(8, generator=generator)
+    is_positive = torch.tensor([True, False, False, True, False, True, False, False])
+    token_weights = torch.rand(8, 6, generator=generator)
+    token_weights[is_positive] = 1.0  # as in ResRL's weights: only negative tokens are weighted
+    expected = interference(
+        final_hidden, final_hidden @ weight.T / 0.8, targets, valid, advantages, is_positive, token_weights
+    )
+    sums = HeadGradients(weight, temperature=0.8, chunk_size=4)
+    for rows in (slice(0, 4), slice(4, 8)):  # two groups, added one at a time
+        sums.add(final_hidden[rows], targets[rows], valid[rows], advantages[rows], is_positive[rows],
+                 token_weights[rows])  # fmt: skip
+    assert sums.cosines() == pytest.approx(expected, abs=1e-5)
