@@ -78,7 +78,7 @@ def main() -> None:
         sampled = iter_groups(
             model, tokenizer, chunk["prompt"], chunk["solution"], math_reward, num_generations=opts.num_generations,
             max_tokens=opts.max_tokens, temperature=opts.temperature, seed=opts.seed * 7919 + start,
-            with_head=True, rows_per_forward=1, first_group=start,
+            with_head=True, rows_per_forward=1,
         )  # fmt: skip
         for groups in sampled:  # one group's states at a time
             positives += int((groups.rewards > 0).sum())

@@ -263,7 +263,8 @@ def report(tasks: list[str], work_dir: str) -> str:
     sections = []
     for task in tasks:
         runs: dict[str, dict[int, dict]] = {}
-        for path in sorted((Path(work_dir) / task).glob("*/summary.json")):
+        folder = Path(work_dir) / task  # a run's summary.json per folder, or the copies in docs/runs/powered
+        for path in sorted(folder.glob("*/summary.json")) or sorted(folder.glob("*.json")):
             summary = json.loads(path.read_text())
             runs.setdefault(summary["run"]["method"], {})[summary["run"]["seed"]] = summary
         methods = [m for m in METHODS if m in runs]
@@ -284,9 +285,13 @@ def report(tasks: list[str], work_dir: str) -> str:
             "| method | " + " | ".join(metrics) + " |",
             "| --- |" + " ---: |" * len(metrics),
         ]
-        if "base" in runs:
-            base = metric_values(next(iter(runs["base"].values())))
-            lines.append("| base model | " + " | ".join(f"{base[m]:.1f}" for m in metrics) + " |")
+        if "base" in runs:  # evaluated once per seed that ran it: the evaluation sampling seeds differ
+            bases = [metric_values(runs["base"][s]) for s in sorted(runs["base"])]
+            cells = [
+                f"{np.mean([b[m] for b in bases]):.1f} ({', '.join(f'{b[m]:.1f}' for b in bases)})" for m in metrics
+            ]
+            label = f"base model (evaluated with seeds {', '.join(map(str, sorted(runs['base'])))})"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for method in methods:
             per_seed = [metric_values(runs[method][s]) for s in seeds]
             cells = [
