@@ -22,8 +22,8 @@ Scoring: 1.0 when every test ran and passed, else 0.0; with ``partial_credit``, 
 passed. A row whose tests cannot be read scores None (TRL leaves it out). Every completion that did not end in a
 normal pass or fail is counted in :attr:`CodeReward.faults` by kind: ``no_code``, ``syntax``, ``timeout`` (wall or
 CPU time), ``memory``, ``output_limit``, ``exit`` (the program ended before its tests did), ``error`` (it raised
-something other than an assertion), ``protocol`` (it tampered with its channel to the tests), ``harness`` (the
-sandbox failed) and ``bad_tests``.
+something other than an assertion), ``protocol`` (it tampered with its channel to the tests), ``killed`` (it
+killed the tests' process), ``harness`` (the sandbox failed) and ``bad_tests``.
 
 How Python tests are judged, and why gaming them earns nothing
 --------------------------------------------------------------
@@ -627,7 +627,8 @@ class CodeReward:
             if type(passed) is not int or not 0 <= passed <= total:
                 raise ValueError(f"passed={passed!r} of {total}")
         except (ValueError, KeyError, TypeError):
-            kind = _run_fault(run) or "harness"
+            killed = run.judge_exit is not None and run.judge_exit < 0  # by a signal: the program's kill(-1)
+            kind = _run_fault(run) or ("killed" if killed else "harness")
             detail = _tail(run.stderr or run.judge_log) or f"no verdict from the tests ({run.status})"
             return CodeCheck(0.0, kind, 0, total, detail=detail, output=output)
         kind = _run_fault(run)

@@ -285,12 +285,14 @@ def _supervisor(argv: list[str]) -> None:
         import ctypes
 
         libc: Any = ctypes.CDLL(None, use_errno=True)
+        libc.capset((ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)())  # no capability left, at all
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no set-user-id gain, in any process of the sandbox
         libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: the program can neither ptrace nor read its judge or us
         if os.getpid() != 1:  # PR_SET_CHILD_SUBREAPER: without a namespace, orphans come to us to be killed
             libc.prctl(36, 1, 0, 0, 0)
     except (ImportError, OSError, AttributeError):
         libc = None
+    no_userns = _no_user_namespaces() if libc is not None else None
     limits = request["limits"]
     stop = request["stop_fd"]  # readable (closed) when the trainer wants us gone: we end and get reaped
     init = os.getpid() == 1  # isolated: kill(-1) reaches exactly the sandbox's processes
@@ -309,7 +311,7 @@ def _supervisor(argv: list[str]) -> None:
     if nproc is not None:
         program_limits.append((resource.RLIMIT_NPROC, nproc, nproc))
 
-    def spawn(fds: dict[int, int], code: str, rlimits: list[tuple[int, int, int]]) -> int:
+    def spawn(fds: dict[int, int], code: str, rlimits: list[tuple[int, int, int]], untrusted: bool) -> int:
         pid = os.fork()
         if pid:
             return pid
@@ -327,6 +329,8 @@ def _supervisor(argv: list[str]) -> None:
                 if current != resource.RLIM_INFINITY:
                     soft, hard = min(soft, current), min(hard, current)
                 resource.setrlimit(which, (soft, hard))
+            if untrusted and no_userns is not None:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER (after no_new_privs)
+                libc.prctl(22, 2, no_userns, 0, 0)
             _execute(code)
         finally:
             os._exit(111)
@@ -356,9 +360,9 @@ def _supervisor(argv: list[str]) -> None:
         chunks = {name: bytearray() for name in readers.values()}
         start = time.monotonic()
         deadline = start + limits["wall_s"]
-        program = spawn(program_fds, request["program"], program_limits)
+        program = spawn(program_fds, request["program"], program_limits, True)
         boot = "import sys\nexec(compile(sys.stdin.read(), '<judge>', 'exec', dont_inherit=True), globals())\n"
-        judge = spawn(judge_fds, boot, common) if judge_fds else None  # it reads its source from our stdin
+        judge = spawn(judge_fds, boot, common, False) if judge_fds else None  # it reads its source from our stdin
         for fd in ends:
             os.close(fd)
         last = judge or program  # the run ends when this process exits
@@ -481,6 +485,48 @@ def _kill_adopted() -> None:
                 pass
 
 
+def _no_user_namespaces() -> Any:
+    """A seccomp filter (a ``sock_fprog``) that refuses new user namespaces: in one, a program would hold every
+    capability over its own mounts (a tmpfs no RLIMIT_AS bounds, say). ``unshare``/``clone`` with CLONE_NEWUSER fail
+    with EPERM, ``clone3`` with ENOSYS (its flags sit in memory a filter cannot read: libc then falls back to
+    ``clone``), and a system call of another ABI (``int 0x80``, x32) kills the process. None on other machines."""
+    import ctypes
+
+    numbers = {"x86_64": (0xC000003E, 56, 272, 435), "aarch64": (0xC00000B7, 220, 97, 435)}.get(os.uname().machine)
+    if numbers is None:
+        return None
+    arch, clone, unshare, clone3 = numbers
+    load, equal, at_least, has_bits, give = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, kill, eperm, enosys = 0x7FFF0000, 0x80000000, 0x50000 | 1, 0x50000 | 38
+    program = [  # (code, jump if true, jump if false, k); jumps skip that many instructions
+        (load, 0, 0, 4),  # 0: seccomp_data.arch
+        (equal, 1, 0, arch),  # 1: this machine's ABI -> 3
+        (give, 0, 0, kill),  # 2
+        (load, 0, 0, 0),  # 3: seccomp_data.nr
+        (at_least, 8, 0, 0x40000000),  # 4: x32 numbering -> 13
+        (equal, 6, 0, clone3),  # 5: -> 12
+        (equal, 2, 0, unshare),  # 6: -> 9
+        (equal, 1, 0, clone),  # 7: -> 9
+        (give, 0, 0, allow),  # 8
+        (load, 0, 0, 16),  # 9: the low half of args[0], the flags
+        (has_bits, 2, 0, 0x10000000),  # 10: CLONE_NEWUSER -> 13
+        (give, 0, 0, allow),  # 11
+        (give, 0, 0, enosys),  # 12
+        (give, 0, 0, eperm),  # 13
+    ]
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Instruction))]
+
+    instructions = (Instruction * len(program))(*[Instruction(*line) for line in program])
+    fprog = Program(len(program), instructions)
+    fprog.keep = instructions  # alive as long as the program structure
+    return ctypes.byref(fprog)
+
+
 def _user_tasks(uid: int) -> int:
     """How many tasks (threads) the user has on the machine now."""
     count = 0
@@ -498,7 +544,8 @@ def _user_tasks(uid: int) -> int:
 @functools.lru_cache(maxsize=1)
 def supervisor_source() -> str:
     """The program the sandbox starts: the functions above, shipped as source."""
-    parts = [inspect.getsource(f) for f in (_enter_namespaces, _execute, _kill_adopted, _user_tasks, _supervisor)]
+    shipped = (_enter_namespaces, _execute, _kill_adopted, _no_user_namespaces, _user_tasks, _supervisor)
+    parts = [inspect.getsource(f) for f in shipped]
     header = "from __future__ import annotations\nimport os\nimport sys\nfrom typing import Any\n\n"
     return header + "\n\n".join(parts) + "\n_supervisor(sys.argv[1:])\n"
 
@@ -640,12 +687,13 @@ def _probe(backend: str) -> str | None:
             return "too old (needs bubblewrap >= 0.8)"
     elif backend == "unshare" and not shutil.which("unshare"):
         return "util-linux unshare not found"
-    probe = "import os, sys\nprint(6 * 7, os.getpid() != 1, os.path.exists('/proc/self'), sorted(os.environ)[0])"
+    probe = "import ctypes, os\nnested = ctypes.CDLL(None, use_errno=True).unshare(0x10000000)  # CLONE_NEWUSER\n"
+    probe += "print(6 * 7, os.getpid() != 1, os.path.exists('/proc/self'), sorted(os.environ)[0], nested)"
     try:
         result = Sandbox(Limits(wall_s=20.0, cpu_s=10.0), backend=backend).run(probe)[0]
     except (OSError, subprocess.SubprocessError) as error:
         return f"failed to start ({error})"
-    if result.stdout == b"42 True False HOME\n" and result.exit_code == 0:
+    if result.stdout == b"42 True False HOME -1\n" and result.exit_code == 0:
         return None
     lines = (result.stderr or result.stdout).decode("utf-8", "replace").strip().splitlines()
     return f"probe failed ({lines[-1][:160] if lines else result.status})"

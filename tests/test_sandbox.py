@@ -137,6 +137,36 @@ for path in {paths!r}:
     assert_still_works(box)
 
 
+def test_no_privilege_and_no_nested_user_namespace(box: Sandbox) -> None:
+    """In a user namespace of its own the program would hold every capability over its own mounts (a tmpfs no
+    memory bound covers): creating one fails, by ctypes or by the unshare binary, and it holds no capability."""
+    program = """
+import ctypes, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+print("unshare", libc.unshare(0x10000000), ctypes.get_errno())  # CLONE_NEWUSER: -1, EPERM
+tool = subprocess.run(["unshare", "--user", "--map-root-user", "true"], capture_output=True)
+print("tool", tool.returncode != 0)
+capabilities = (ctypes.c_uint32 * 6)()
+libc.capget((ctypes.c_uint32 * 2)(0x20080522, 0), capabilities)
+print("capabilities", sum(capabilities), "no_new_privs", libc.prctl(39, 0, 0, 0, 0))
+for name, attempt in [("chroot", lambda: os.chroot("/scratch")), ("setuid", lambda: os.setuid(12345))]:
+    try:
+        attempt()
+        print(name, "allowed")
+    except OSError:
+        print(name, "denied")
+"""
+    result = run(box, program)
+    assert result.stdout.decode().split("\n")[:-1] == [
+        "unshare -1 1",
+        "tool True",
+        "capabilities 0 no_new_privs 1",
+        "chroot denied",
+        "setuid denied",
+    ], result
+    assert_still_works(box)
+
+
 def test_only_the_standard_library_is_importable(box: Sandbox) -> None:
     program = """
 import json, sqlite3
