@@ -11,8 +11,8 @@ Guarantees
 ----------
 With isolation (``bwrap`` or ``unshare``, chosen by :func:`detect_backend`):
 
-- **Network**: the program runs in a new network namespace with no interface up: every connection fails,
-  ``127.0.0.1`` included (the trainer's loopback is another namespace).
+- **Network**: the program runs in a new network namespace with nothing but its own loopback: every connection
+  fails, to ``127.0.0.1`` too (the trainer's loopback is another namespace), and no name resolves.
 - **Files**: the program sees a new root file system of its own: read-only binds of ``/usr`` (with the ``/bin``,
   ``/lib*`` links or binds beside it), of the Python installation it runs on (its ``site-packages`` hidden under
   an empty mount: programs get the standard library only) and of ``/etc/ld.so.cache``; minimal device nodes; a
@@ -23,32 +23,40 @@ With isolation (``bwrap`` or ``unshare``, chosen by :func:`detect_backend`):
   of the trainer's environment.
 - **Processes**: the program runs in a new PID namespace whose init is the supervisor below; init cannot be killed
   from inside, and every process of a run is killed when the run ends (``kill(-1)`` from init), and all of them when
-  the sandbox ends (the kernel ends a PID namespace with its init; the sandbox dies with the trainer's thread
-  that started it). No process outlives a check.
-- **Privileges**: no capabilities, ``no_new_privs``, and an unprivileged user: a trainer running as root gives each
-  concurrent sandbox its own unused user id (``RLIMIT_NPROC`` counts per user and never applies to root).
+  the sandbox ends (the kernel ends a PID namespace with its init; the sandbox ends when the trainer closes its stop
+  pipe, or dies). No process outlives a check.
+- **Privileges**: no capabilities, ``no_new_privs``, an unprivileged user (a trainer running as root gives each
+  concurrent sandbox its own unused user id: ``RLIMIT_NPROC`` counts per user and never applies to root), and a
+  seccomp filter that refuses nested user namespaces (in one the program would hold every capability over its own
+  mounts, a tmpfs no memory limit covers) and system calls of another ABI. The program cannot trace or read the
+  memory of the supervisor or of its judge (neither is dumpable).
 - **Limits** (:class:`Limits`), per run: wall time (the supervisor kills the run), CPU time (``RLIMIT_CPU``),
   address space (``RLIMIT_AS``, per process), processes and threads (``RLIMIT_NPROC``, counted in the sandbox's own
   user), bytes of stdout + stderr read (the run is killed on overflow), file size (``RLIMIT_FSIZE``) and the
   scratch file system's size.
 
-Without isolation (``allow_unsandboxed=True``, only where neither backend works) the same resource limits apply and
-the environment is still minimal, but the program can read the machine's files, reach the network and signal the
-user's processes, and a process that leaves its process group can outlive the check: use it only with trusted
-programs.
+Without isolation (``allow_unsandboxed=True``, only where neither backend works) the same resource limits apply,
+except the process bound for root (and for others it counts the user's every process), the environment is still
+minimal and every process left at the end of a run is killed (the supervisor is a child subreaper); but the program
+can read and write the machine's files, reach the network and signal the user's processes (the trainer included),
+and its processes outlive a check that is killed mid-run: use it only with trusted programs.
 
 How
 ---
 The trainer starts ``python -I -S -c <supervisor>`` inside the sandbox (``bwrap --as-pid-1 ...`` or
-``unshare --fork --pid ...`` followed by a mount set-up of our own in Python) and writes it one JSON request on stdin:
-the program, its stdin inputs, the limits and, optionally, a *judge* program. The supervisor runs no untrusted code
-itself: for each input it forks the program (limits set in the child, stdin from an in-memory file, stdout and
-stderr on pipes it reads with a bound) and, when a judge is given, forks the judge beside it, connected to the
-program by a pair of pipes (fds 3 and 4 in both) and to the supervisor by a verdict pipe (fd 5) that only the
-judge holds. The run ends when the program (or the judge, when there is one) exits, or at the wall time or output
-bound; then everything else in the sandbox is killed and the supervisor writes one JSON line per run to the
-trainer, which can stop it early (kill it) after any line. :mod:`resrl_trl.code_check` builds the programs and
-judges of the code reward on this.
+``unshare --fork --pid ...`` followed by a mount set-up of our own in Python) and writes it one request on stdin: a
+JSON header (the program, its stdin inputs, the limits) and, optionally, the source of a *judge*. The supervisor
+runs no untrusted code itself: for each input it forks the program (limits and the seccomp filter set in the child,
+stdin from an in-memory file, stdout and stderr on pipes it reads with a bound) and, when there is a judge, forks
+the judge beside it, connected to the program by a pair of pipes (fds 3 and 4 in both) and to the supervisor by a
+verdict pipe (fd 5) that only the judge holds. The judge reads its own source from the supervisor's stdin, which
+the supervisor leaves unread after the header: the program's process, a fork of the supervisor, never had the
+judge (the tests) in its memory. The run ends when the program (or the judge, when there is one) exits, or at the
+wall time or output bound; then everything else in the sandbox is killed and the supervisor writes one JSON line per
+run to the trainer, which may stop it after any line by closing the stop pipe (the supervisor then kills its run
+and exits, to be reaped by the backend; a sandbox killed from outside would leave its init to the machine's init,
+which some containers never reap). :mod:`resrl_trl.code_check` builds the code reward's programs and judges on
+this.
 
 Backends, in order: bubblewrap (``bwrap`` >= 0.8, for ``--size``), else ``unshare`` (util-linux) with unprivileged
 user namespaces, or plain namespaces as root. :func:`detect_backend` probes each once, by running a tiny program
@@ -731,7 +739,7 @@ class Sandbox:
     ) -> list[RunResult]:
         """Run ``program`` once per stdin input (with ``judge`` beside it when given: one input only), in one sandbox.
 
-        After each run ``keep_going(index, result)`` may return False to stop there (the sandbox is killed). The
+        After each run ``keep_going(index, result)`` may return False to stop there (the sandbox ends). The
         list is as long as ``inputs`` unless stopped; a sandbox that fails ends it with a ``"harness"`` result.
         """
         if judge is not None and len(inputs) != 1:
