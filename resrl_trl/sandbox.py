@@ -89,6 +89,7 @@ __all__ = [
     "Sandbox",
     "SandboxUnavailable",
     "detect_backend",
+    "probe",
     "unavailable_message",
 ]
 
@@ -671,7 +672,7 @@ def detect_backend(refresh: bool = False) -> str | None:
         if refresh or "backend" not in _DETECTED:
             reasons = {}
             for backend in BACKENDS:
-                reasons[backend] = _probe(backend)
+                reasons[backend] = probe(backend)
                 if reasons[backend] is None:
                     break
             _DETECTED["reasons"] = reasons
@@ -686,7 +687,7 @@ def unavailable_message() -> str:
     return f"no sandbox for untrusted programs on this machine ({tried or 'not probed'}): {FIX}"
 
 
-def _probe(backend: str) -> str | None:
+def probe(backend: str) -> str | None:
     """None when ``backend`` runs a tiny program correctly and isolated, else why not (one short phrase)."""
     if backend == "bwrap":
         if not shutil.which("bwrap"):
@@ -695,10 +696,10 @@ def _probe(backend: str) -> str | None:
             return "too old (needs bubblewrap >= 0.8)"
     elif backend == "unshare" and not shutil.which("unshare"):
         return "util-linux unshare not found"
-    probe = "import ctypes, os\nnested = ctypes.CDLL(None, use_errno=True).unshare(0x10000000)  # CLONE_NEWUSER\n"
-    probe += "print(6 * 7, os.getpid() != 1, os.path.exists('/proc/self'), sorted(os.environ)[0], nested)"
+    program = "import ctypes, os\nnested = ctypes.CDLL(None, use_errno=True).unshare(0x10000000)  # CLONE_NEWUSER\n"
+    program += "print(6 * 7, os.getpid() != 1, os.path.exists('/proc/self'), sorted(os.environ)[0], nested)"
     try:
-        result = Sandbox(Limits(wall_s=20.0, cpu_s=10.0), backend=backend).run(probe)[0]
+        result = Sandbox(Limits(wall_s=20.0, cpu_s=10.0), backend=backend).run(program)[0]
     except (OSError, subprocess.SubprocessError) as error:
         return f"failed to start ({error})"
     if result.stdout == b"42 True False HOME -1\n" and result.exit_code == 0:

@@ -17,7 +17,7 @@ from resrl_trl import sandbox
 from resrl_trl.sandbox import BACKENDS, FIX, Limits, Sandbox, SandboxUnavailable
 
 REPO = Path(__file__).resolve().parents[1]
-AVAILABLE = [backend for backend in BACKENDS if sandbox._probe(backend) is None]
+AVAILABLE = [backend for backend in BACKENDS if sandbox.probe(backend) is None]
 NO_ISOLATION = "no isolation on this machine (install bubblewrap, or allow unprivileged user namespaces)"
 LIMITS = Limits(wall_s=4.0, cpu_s=2.0, memory_mb=512, processes=8, output_bytes=64 << 10, scratch_mb=8)
 ADD = "a, b = map(int, input().split())\nprint(a + b)\n"
