@@ -38,7 +38,8 @@ def resident(field: str) -> int:
 
 def predicted_bytes(length: int, group_size: int, vocab: int, hidden: int, chunk: int = 256) -> int:
     """What the analysis holds at its peak, from sizes: the group's block and final-norm states (float32, length + 1
-    positions), three (V, H) float32 gradient sums, and one chunk's logits and scores (two (chunk, V) float32)."""
+    positions), three (V, H) float32 gradient sums, and one chunk's logits and scores (two (chunk, V) float32).
+    Independent of depth: the forward keeps one block's output."""
     states = 2 * group_size * (length + 1) * hidden * 4
     return states + 3 * vocab * hidden * 4 + 2 * chunk * vocab * 4
 
@@ -101,16 +102,15 @@ def main() -> None:
     Path(opts.output).write_text(json.dumps({"settings": vars(opts), "rows": rows}, indent=1))
     vocab, hidden = QWEN3_4B["vocab_size"], QWEN3_4B["hidden_size"]
     print(f"\nQwen3-4B widths (vocabulary {vocab}, hidden {hidden}), {opts.group_size} completions per group, CPU:\n")
-    print("| completion tokens | positive tokens in the subspace | peak above the model (GiB) | computed (GiB) | s |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("| completion tokens | positive tokens in the subspace | peak above the model (GiB) | computed (GiB) |")
+    print("| ---: | ---: | ---: | ---: |")
     for row in rows:
         print(
-            f"| {row['length']} | {row['subspace_tokens']} | {row['peak_gib']:.2f} | {row['predicted_gib']:.2f} | "
-            f"{row['seconds']:.0f} |"
+            f"| {row['length']} | {row['subspace_tokens']} | {row['peak_gib']:.2f} | {row['predicted_gib']:.2f} |"
         )
     for length in (8192, 16384):
         predicted = predicted_bytes(length, opts.group_size, vocab, hidden) / GIB
-        print(f"| {length} (computed only) | | | {predicted:.2f} | |")
+        print(f"| {length} (computed only) | | | {predicted:.2f} |")
 
 
 if __name__ == "__main__":

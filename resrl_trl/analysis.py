@@ -212,11 +212,16 @@ def head_gradient_in_chunks(
     return total
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Cosine similarity of two tensors viewed as flat vectors (NaN if either is zero)."""
-    a, b = a.flatten().double(), b.flatten().double()
-    denominator = a.norm() * b.norm()
-    return float((a @ b) / denominator) if denominator > 0 else float("nan")
+def cosine(a: torch.Tensor, b: torch.Tensor, chunk: int = 2**22) -> float:
+    """Cosine similarity of two tensors viewed as flat vectors (NaN if either is zero), accumulated in float64
+    ``chunk`` elements at a time: a (V, H) head gradient is never copied whole."""
+    a, b = a.flatten(), b.flatten()
+    dot = a_norm = b_norm = 0.0
+    for start in range(0, a.numel(), chunk):
+        x, y = a[start : start + chunk].double(), b[start : start + chunk].double()
+        dot, a_norm, b_norm = dot + float(x @ y), a_norm + float(x @ x), b_norm + float(y @ y)
+    denominator = (a_norm * b_norm) ** 0.5
+    return dot / denominator if denominator > 0 else float("nan")
 
 
 def _gradient_kernel(
