@@ -13,10 +13,13 @@ One value per row, read by :func:`parse_tests` (data loaders must produce exactl
   ``check(add)`` (the call must be there), or plain ``assert add(1, 2) == 3`` lines. Each top-level statement other
   than a definition, import or assignment is one test: a ``check(...)`` call is one, each top-level ``assert`` is
   one, and there must be at least one. The program runs as a module named ``solution`` (so its
-  ``if __name__ == "__main__":`` block does not run).
+  ``if __name__ == "__main__":`` block does not run). The tests see the program's top-level names except those
+  that shadow a builtin or a standard-library module: in the tests, ``len``, ``math``... are always Python's own
+  (so a task whose function is named like one cannot be judged).
 
 Programs get the standard library only. The program is the completion's last fenced Python block (a fence with
-``python``/``py``/``python3`` or no language; a final fence left unclosed counts), else the whole completion.
+``python``/``py``/``python3`` or no language; a final fence left unclosed counts), else the whole completion. It is
+compiled in the sandbox only: no model-written text is ever parsed in the trainer's process.
 
 Scoring: 1.0 when every test ran and passed, else 0.0; with ``partial_credit``, the fraction of tests (cases)
 passed. A row whose tests cannot be read scores None (TRL leaves it out). Every completion that did not end in a
@@ -37,7 +40,7 @@ set, frozenset, dict). Anything else comes back as an opaque proxy that equals n
 - **Exiting early** (``sys.exit``, ``os._exit``, ``SystemExit``, ``atexit``, a signal, a crash) leaves the judge's
   calls unanswered: every test not yet passed fails, and the run pays 0.
 - **Printing** ``PASSED`` or anything else does nothing: the verdict is a JSON line the judge writes on a pipe
-  (fd 5) that only the judge holds; the program's stdout is read and ignored.
+  (fd 5) that only the judge holds; the program's stdout is kept for logs (:attr:`CodeCheck.output`), not read.
 - **Objects that claim to equal anything** (``__eq__`` always true, ``__bool__``, arithmetic dunders) never reach
   the tests: the judge compares rebuilt builtin values, so ``assert candidate(x) == y`` holds only if the values
   are equal.
@@ -45,8 +48,10 @@ set, frozenset, dict). Anything else comes back as an opaque proxy that equals n
   change the program's process only; the tests run with the judge's own builtins, their own ``check``, and their
   module names (``math``, ...) bound to the judge's own imports. The tests' source is never in the program's
   process or on any disk it can see, so it cannot be read.
-- **Killing its parent** fails (the supervisor is the PID namespace's init); killing the judge, or writing to the
-  pipes, ends in no verdict or a protocol error: 0 either way. Neither process can read or trace the other's memory.
+- **Killing its parent** fails (the supervisor is the PID namespace's init); killing the judge, or writing garbage
+  to the pipes, ends in no verdict or a protocol error: 0 either way. A well-formed reply written ahead of time is
+  only the program answering the judge's call, which it cannot see the expected value of. Neither process can read
+  or trace the other's memory.
 
 What stays the tests' responsibility: a test that computes its expected value with one of the *program's* own
 functions (HumanEval/32 checks ``find_zero`` with the prompt's ``poly``) trusts the program for that value.
@@ -81,7 +86,7 @@ __all__ = [
     "extract_program",
     "normalize_output",
     "parse_tests",
-    "test_steps",
+    "split_tests",
 ]
 
 PYTHON_FENCES = ("", "python", "py", "python3", "py3")
@@ -163,12 +168,12 @@ def parse_tests(value: Any) -> list[StdioCase] | str:
     if isinstance(value, str):
         text = value.strip()
         if not text.startswith("["):
-            test_steps(value)  # raises when it is not usable Python tests
+            split_tests(value)  # raises when it is not usable Python tests
             return value
         try:
             cases = json.loads(text)
         except ValueError:
-            test_steps(value)
+            split_tests(value)
             return value
     if not isinstance(cases, (list, tuple)) or not cases:
         raise ValueError(f"tests must be Python source or a non-empty list of cases, got {type(value).__name__}")
@@ -180,7 +185,7 @@ def parse_tests(value: Any) -> list[StdioCase] | str:
     return parsed
 
 
-def test_steps(source: str) -> tuple[list[tuple[bool, str]], list[str]]:
+def split_tests(source: str) -> tuple[list[tuple[bool, str]], list[str]]:
     """Python tests as ``(is_test, statement source)`` steps, and every name the tests read."""
     try:
         tree = ast.parse(source)
@@ -190,6 +195,13 @@ def test_steps(source: str) -> tuple[list[tuple[bool, str]], list[str]]:
     if not any(is_test for is_test, _ in steps):
         raise ValueError("the Python tests contain no test (a definition alone checks nothing: call it)")
     return steps, sorted({node.id for node in ast.walk(tree) if isinstance(node, ast.Name)})
+
+
+@functools.lru_cache(maxsize=256)  # a generation's completions share their row's tests: read them once
+def _read_tests(value: Any) -> tuple[list[StdioCase] | str, list[tuple[bool, str]], list[str]]:
+    spec = parse_tests(value)
+    steps, wanted = split_tests(spec) if isinstance(spec, str) else ([], [])
+    return spec, steps, wanted
 
 
 def _is_setup(node: ast.stmt) -> bool:
@@ -291,15 +303,23 @@ def _serve(program: str) -> None:
         traceback.print_exc()
         send(failure(error))
         return
+
+    def refuse(value: Any) -> int:
+        raise TypeError
+
     names = {}
     for name, value in list(namespace.items()):
         if name.startswith("__"):
             continue
         if type(value) is type(json):
             names[name] = ["m", value.__name__]
-        elif value is None or type(value) in (bool, int, float, str) and len(str(value)) <= 1000:
-            names[name] = _wire_encode(value, keep)
-        else:  # functions, classes, containers: by reference, fetched only if the tests use them
+            continue
+        try:  # small plain data by value; functions, classes, objects and large values by reference
+            sized = type(value) in (str, bytes, list, tuple, set, frozenset, dict)
+            if sized and len(value) > 1000:
+                raise TypeError
+            names[name] = _wire_encode(value, refuse)
+        except (TypeError, ValueError, RecursionError):
             names[name] = ["h", keep(value)]
     send({"ready": names})
     with os.fdopen(3, "rb") as requests:
@@ -512,11 +532,14 @@ class CodeReward:
 
     Each completion's program (:func:`extract_program`) runs against its row's ``tests`` (:func:`parse_tests`) in its
     own sandbox (:class:`~resrl_trl.sandbox.Sandbox`), ``workers`` at a time (default: the CPU count), bounded per
-    run by ``timeout_s`` of wall time, ``cpu_s`` of CPU time (default: ``timeout_s``), ``memory_mb`` of address
-    space, ``max_processes`` processes, ``output_bytes`` of output and ``scratch_mb`` of scratch space. Pays 1.0 when
-    every test passed, else 0.0 (``partial_credit``: the fraction passed); None for a row whose tests cannot be read.
-    Non-normal outcomes are counted in :attr:`faults`. Without isolation on the machine the first call raises
-    :class:`~resrl_trl.sandbox.SandboxUnavailable` (one line naming the fix), unless ``allow_unsandboxed``.
+    run by ``timeout_s`` of wall time, ``cpu_s`` of CPU time per process (default: ``timeout_s``), ``memory_mb`` of
+    address space per process, ``max_processes`` processes and threads, ``output_bytes`` of output and
+    ``scratch_mb`` of scratch space. A run is one stdin/stdout case, or the program with all of its Python tests.
+    Without ``partial_credit`` the cases stop at the first failure. Pays 1.0 when every test passed, else 0.0
+    (``partial_credit``: the fraction passed); None for a row whose tests cannot be read. Non-normal outcomes are
+    counted in :attr:`faults`. Without isolation on the machine the first call raises
+    :class:`~resrl_trl.sandbox.SandboxUnavailable` (one line naming the fix), unless ``allow_unsandboxed``. The
+    worker threads start on first use; :meth:`close` stops them.
     """
 
     __name__ = "code_reward"
@@ -569,18 +592,13 @@ class CodeReward:
         """Score one completion against one row's tests."""
         program = extract_program(completion_text(completion))
         try:
-            spec = parse_tests(tests)
-            steps, wanted = test_steps(spec) if isinstance(spec, str) else ([], [])
+            spec, steps, wanted = _read_tests(tests) if isinstance(tests, str) else _read_tests.__wrapped__(tests)
         except (ValueError, TypeError) as error:
             return self._count(CodeCheck(None, "bad_tests", detail=str(error)[:MAX_DETAIL_CHARS]))
         total = len(spec) if isinstance(spec, list) else sum(is_test for is_test, _ in steps)
         if not program.strip():
             return self._count(CodeCheck(0.0, "no_code", total=total))
-        try:
-            compile(program, "<program>", "exec", dont_inherit=True)
-        except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as error:
-            return self._count(CodeCheck(0.0, "syntax", total=total, detail=str(error)[:MAX_DETAIL_CHARS]))
-        with self._running():
+        with self._running():  # even compiling untrusted text happens in the sandbox, never in the trainer
             result = (
                 self._run_cases(program, spec) if isinstance(spec, list) else self._run_tests(program, steps, wanted)
             )
@@ -671,8 +689,9 @@ def _case_outcome(run: RunResult, case: StdioCase | None) -> str:
     kind = _run_fault(run)
     if kind is not None or case is None:
         return kind or "harness"
-    if run.exit_code != 0:
-        return "memory" if b"MemoryError" in run.stderr[-2000:] else "error"
+    if run.exit_code != 0:  # a runtime error, whatever it raised: only memory and syntax have kinds of their own
+        kind = _error_kind(_tail(run.stderr).split(":")[0], "")
+        return kind if kind in ("memory", "syntax") else "error"
     actual = normalize_output(run.stdout.decode("utf-8", errors="replace"))
     return "ok" if actual == normalize_output(case.output) else "wrong"
 
@@ -680,6 +699,8 @@ def _case_outcome(run: RunResult, case: StdioCase | None) -> str:
 def _error_kind(error: str, stopped: str) -> str:
     if error == "MemoryError":
         return "memory"
+    if error in ("SyntaxError", "IndentationError", "TabError"):
+        return "syntax"
     if stopped:
         return stopped  # "exit" or "protocol"
     return "wrong" if error in ("", "AssertionError") else "error"

@@ -72,8 +72,7 @@ def test_bad_tests_and_empty_programs_are_counted_without_a_sandbox() -> None:
     reward = CodeReward()
     assert reward.check("print(1)", "[]").reward is None
     assert reward.check("no code here ```python\n```", SUM_CASES).status == "no_code"
-    assert reward.check("```python\ndef f(:\n```", SUM_CASES).status == "syntax"
-    assert reward.faults == {"bad_tests": 1, "no_code": 1, "syntax": 1}
+    assert reward.faults == {"bad_tests": 1, "no_code": 1}
 
 
 def test_importing_the_rewards_does_not_import_the_code_reward() -> None:
@@ -92,6 +91,10 @@ def test_stdio_cases(reward: CodeReward) -> None:
     assert (wrong.reward, wrong.status, wrong.passed) == (0.0, "wrong", 0)  # stopped at the first failed case
     crash = reward.check(fenced("print(3)\nraise ValueError('late')\n"), SUM_CASES)
     assert (crash.reward, crash.status) == (0.0, "error") and "ValueError" in crash.detail
+    assert reward.check(fenced("import sys\nprint(3)\nsys.exit(1)\n"), SUM_CASES).status == "error"
+    for broken in ("def f(:\n", "if True:\nprint(1)\n"):  # compiled in the sandbox only, never in the trainer
+        assert reward.check(fenced(broken), SUM_CASES).status == "syntax"
+        assert reward.check(fenced(broken), ADD_TESTS).status == "syntax"
     messages = [{"role": "user", "content": "add"}, {"role": "assistant", "content": fenced(SUM)}]
     assert reward([messages, fenced(SUM)], [SUM_CASES, json.loads(SUM_CASES)]) == [1.0, 1.0]
 
