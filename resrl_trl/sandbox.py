@@ -119,7 +119,7 @@ class Limits:
     the supervisor, never by the program."""
 
     wall_s: float = 5.0  # the whole run, program and judge together
-    cpu_s: float = 5.0  # per process
+    cpu_s: float = 5.0  # per process, in whole seconds (at least 1)
     memory_mb: int = 1024  # address space, per process
     processes: int = 32  # processes and threads the program may have at once (besides the supervisor and judge)
     output_bytes: int = 1 << 20  # stdout + stderr read per run; beyond it the run is killed
