@@ -1,11 +1,20 @@
 """Verifiable maths rewards with TRL's reward-function signature.
 
-``math_reward`` checks a completion's final answer against the reference with math-verify, as TRL's
-``trl.rewards.accuracy_reward`` does: a LaTeX answer (``\\boxed{}`` first, then ``$...$``) when there is one. When
-there is none it falls back on the *last number* of the text ("7 + 5 = 12", "The answer is 12."), since a small model
-rarely writes LaTeX. Only the last number counts, never an expression that merely evaluates to the answer, so
-restating the question ("6 + 1 is 9") earns nothing. For TRL's LaTeX-only check, pass
-``trl.rewards.accuracy_reward`` instead.
+``math_reward`` pays 1.0 for a completion whose final answer equals the reference (math-verify) *and* which asserts
+that answer. The final answer is a LaTeX answer as TRL's ``trl.rewards.accuracy_reward`` reads it (``\\boxed{}``
+first, then ``$...$`` after "answer"); when there is none, the *last number* of the text ("7 + 5 = 12", "The answer
+is 12."), since a small model rarely writes LaTeX. Only that final answer counts, never an expression that merely
+evaluates to the answer, so restating the question ("6 + 1 is 9") earns nothing.
+
+An answer that the completion names without asserting it earns 0 as well: a policy would otherwise learn that "6 + 1
+≠ 7", "The answer is 8, not 7", "Is it 7?" or "7 or 8" are paid. :func:`resrl_trl.answer_parsing.is_asserted` reads
+what bears on the answer -- the words and signs joined to it by linking words only ("is", "be", "the", "equal to",
+expressions), before it within its clause and after it up to the end of its sentence -- and withholds payment when
+that is a negation of the answer or of its correctness ("not", -n't, "never", "wrong", "rather than", "instead of",
+≠, ``\\neq``, <, >, ±), a doubt ("maybe", "probably", "might", "guess"), a supposition ("if", "suppose"), "or"
+offering it as one of several values, or a question (a question mark, or an opening "Is it ..."). A negation bearing
+on something else leaves the answer paid ("It is not hard: 6 + 1 = 7", "6 + 1 ≠ 8 = 7", "the largest multiple of 73
+less than 1000 is 949"). For TRL's LaTeX-only check, pass ``trl.rewards.accuracy_reward`` instead.
 """
 
 from __future__ import annotations
@@ -48,12 +57,18 @@ def completion_text(completion: Any) -> str | bytes:
 
 
 class MathReward:
-    """1.0 when the completion's final answer equals ``solution`` (:func:`score_answer`), else 0.0.
+    """1.0 when the completion's final answer equals ``solution`` and the completion asserts it, else 0.0.
 
-    ``None`` (unscorable, so TRL leaves the completion out) when the reference itself cannot be parsed. Every check
-    runs in a :class:`~resrl_trl.answer_check.BoundedChecker` worker process, bounded in time and memory: a completion
-    built to hang or exhaust the parser (deep nesting, huge powers, 100k characters), an empty one or one with invalid
-    bytes scores 0 and is counted in ``faults`` by kind (``timeout``, ``error``, ``empty``), and training goes on.
+    :func:`score_answer` reads the final answer (LaTeX, else the last number) and compares it with math-verify; a
+    match is paid only when :func:`~resrl_trl.answer_parsing.is_asserted` finds no negation, denial, doubt,
+    supposition, alternative or question bearing on the answer, so "6 + 1 ≠ 7", "It is not 7", "7 is wrong",
+    "Is it 7?", "maybe 7" and "8 or 7" earn 0 against 7 while "6 + 1 = 7", "The answer is 7." and ``\\boxed{7}``
+    earn 1. ``None`` (unscorable, so TRL leaves the completion out) when the reference itself cannot be parsed.
+
+    Every check runs in a :class:`~resrl_trl.answer_check.BoundedChecker` worker process, bounded in time and
+    memory: a completion built to hang or exhaust the parser (deep nesting, huge powers, 100k characters), an empty
+    one or one with invalid bytes scores 0 and is counted in ``faults`` by kind (``timeout``, ``error``, ``empty``),
+    and training goes on.
     """
 
     __name__ = "math_reward"
