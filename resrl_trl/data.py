@@ -14,12 +14,23 @@ Accepted inputs (see :func:`load_math_dataset`):
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, load_dataset
 
-__all__ = ["ARITHMETIC", "arithmetic_dataset", "cut_long_prompts", "load_math_dataset", "to_prompt_solution"]
+__all__ = [
+    "ARITHMETIC",
+    "arithmetic_dataset",
+    "check_rows",
+    "cut_long_prompts",
+    "is_messages",
+    "load_math_dataset",
+    "load_rows",
+    "prompt_problem",
+    "to_prompt_solution",
+]
 
 ARITHMETIC = "arithmetic"
 QUESTION_COLUMNS = ("problem", "question", "prompt")
@@ -76,7 +87,7 @@ def _ground_truth(value: Any) -> str:
 def to_prompt_solution(dataset: Dataset) -> Dataset:
     """Convert a verl-form or problem/answer-form dataset to ``prompt`` + ``solution`` columns."""
     columns = set(dataset.column_names)
-    if "prompt" in columns and "solution" in columns and _is_messages(dataset[0]["prompt"]):
+    if "prompt" in columns and "solution" in columns and is_messages(dataset[0]["prompt"]):
         return dataset.select_columns(["prompt", "solution"])
     if "prompt" in columns and "reward_model" in columns:
 
@@ -96,7 +107,7 @@ def to_prompt_solution(dataset: Dataset) -> Dataset:
 
         def from_pairs(row: dict[str, Any]) -> dict[str, Any]:
             prompt = row[question]
-            if not _is_messages(prompt):
+            if not is_messages(prompt):
                 prompt = [{"role": "user", "content": str(prompt)}]
             return {"prompt": prompt, "solution": _ground_truth(row[answer])}
 
@@ -108,7 +119,8 @@ def to_prompt_solution(dataset: Dataset) -> Dataset:
     )
 
 
-def _is_messages(value: Any) -> bool:
+def is_messages(value: Any) -> bool:
+    """Whether ``value`` is a conversation: a list of ``{role, content}`` messages."""
     return isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value)
 
 
@@ -125,6 +137,13 @@ def load_math_dataset(
     """
     if name_or_path == ARITHMETIC:
         return arithmetic_dataset(split, seed=seed)
+    dataset = load_rows(name_or_path, split, config)
+    return check_rows(to_prompt_solution(dataset), name_or_path, drop=drop_unusable_rows)
+
+
+def load_rows(name_or_path: str, split: str = "train", config: str | None = None) -> Dataset:
+    """The rows of a local ``.parquet`` / ``.json`` / ``.jsonl`` / ``.csv`` file or of a Hub dataset, as stored;
+    an empty dataset is refused."""
     path = Path(name_or_path)
     if path.suffix in LOCAL_FORMATS:
         if not path.is_file():
@@ -135,25 +154,38 @@ def load_math_dataset(
         dataset = load_dataset(name_or_path, config, split=split)
     if len(dataset) == 0:
         raise ValueError(f"dataset {name_or_path} (split {split!r}) has no rows")
-    return check_rows(to_prompt_solution(dataset), name_or_path, drop=drop_unusable_rows)
+    return dataset
 
 
-def _row_problem(row: dict[str, Any]) -> str | None:
-    prompt, solution = row["prompt"], row["solution"]
-    if not _is_messages(prompt) or not prompt:
+def prompt_problem(prompt: Any) -> str | None:
+    """What makes ``prompt`` unusable (not a non-empty list of messages, or a message without text), or None."""
+    if not is_messages(prompt) or not prompt:
         return "the prompt is not a non-empty list of messages"
     if not all(isinstance(m["content"], str) and m["content"].strip() for m in prompt):
         return "a prompt message has no text"
+    return None
+
+
+def _row_problem(row: dict[str, Any]) -> str | None:
+    if problem := prompt_problem(row["prompt"]):
+        return problem
+    solution = row["solution"]
     if not isinstance(solution, str) or not solution.strip():
         return "no reference answer (empty, missing or null)"
     return None
 
 
-def check_rows(dataset: Dataset, name: str = "the dataset", drop: bool = False) -> Dataset:
+def check_rows(
+    dataset: Dataset,
+    name: str = "the dataset",
+    drop: bool = False,
+    row_problem: Callable[[dict[str, Any]], str | None] = _row_problem,
+) -> Dataset:
     """Refuse, before training starts, rows that cannot be trained on: an empty prompt, a message without text, an
-    empty reference answer. The error lists the first offending rows and what is wrong with each. With ``drop``,
-    such rows are left out instead (and counted in a printed line)."""
-    problems = [(index, problem) for index, row in enumerate(dataset) if (problem := _row_problem(row))]
+    empty reference answer (or whatever ``row_problem``, which says what is wrong with a row or returns None, finds).
+    The error lists the first offending rows and what is wrong with each. With ``drop``, such rows are left out
+    instead (and counted in a printed line)."""
+    problems = [(index, problem) for index, row in enumerate(dataset) if (problem := row_problem(row))]
     if problems and drop:
         bad = {index for index, _ in problems}
         print(f"{name}: left out {len(bad)} of {len(dataset)} rows that cannot be used")
