@@ -276,14 +276,14 @@ BYTE_ALPHABET = _byte_alphabet()
 
 
 def token_label(tokenizer: Any, token_id: int) -> str:
-    """A token as text; a token that holds only part of a multi-byte character (decoding to U+FFFD) is shown as
-    its bytes, e.g. ``<e2 89>``, instead of a replacement character."""
+    """A token as text; a token that holds only part of a multi-byte character (decoding to U+FFFD) is shown with
+    that part as escaped bytes, e.g. ``\\xe2\\x89``, instead of a replacement character."""
     text = tokenizer.decode([token_id])
     if "\ufffd" not in text:
         return text
     raw = tokenizer.convert_ids_to_tokens(token_id)
     if isinstance(raw, str) and raw and all(c in BYTE_ALPHABET for c in raw):
-        return "<" + " ".join(f"{BYTE_ALPHABET[c]:02x}" for c in raw) + ">"
+        return bytes(BYTE_ALPHABET[c] for c in raw).decode("utf-8", errors="backslashreplace")
     return str(raw)  # e.g. SentencePiece's byte fallback, already spelled "<0xE2>"
 
 
@@ -368,7 +368,7 @@ def write_html(path: Path, groups: list[dict[str, Any]], settings: SubspaceSetti
         f"<span class='tok' style='background:{swatch(settings.min_weight)}'>&nbsp;{settings.min_weight} "
         "spared (its state lies close to the successful completions' subspace)&nbsp;</span>. "
         f"{html.escape(reading_note(position))} Hover a token for its weight and residual energy. A token that holds "
-        "part of a character is shown as its bytes, &lt;e2 89&gt;. Settings: rank "
+        "part of a character shows that part as escaped bytes, \\xe2\\x89. Settings: rank "
         f"{settings.rank}, max_pos_tokens {settings.max_pos_tokens}, q_low {settings.q_low}, q_high "
         f"{settings.q_high}, min_weight {settings.min_weight}.</p>",
     ]
@@ -483,14 +483,14 @@ def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettin
     )
     mixed = sum(g["bounds"] is not None for g in groups)
     reading = "the state before each token" if position == "previous" else "each token's own state"
-    figure.suptitle(
+    lines = [
         f"ResRL token weights of failed completions, read from {reading}: {mixed} of {len(groups)} groups have token "
-        "weights (the others hold no positive or no negative completion and keep weight 1)\n"
+        "weights (the others hold no positive or no negative completion and keep weight 1)",
         f"Shown: each negative's first {PNG_TOKENS} tokens, at most {PNG_CELL_CHARS} characters per cell (… marks a "
-        f"cut); up to {PNG_POSITIVES} positives per group, at most {PNG_POSITIVE_CHARS} characters each. "
-        "<e2 89>: the bytes of a token that holds part of a character. inspect.html shows everything.",
-        fontsize=10,
-    )
+        f"cut); up to {PNG_POSITIVES} positives per group, at most {PNG_POSITIVE_CHARS} characters each;",
+        "\\xe2: a byte of a token that holds part of a character. inspect.html shows every token.",
+    ]
+    figure.suptitle("\n".join(lines), fontsize=10)
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
