@@ -1,12 +1,14 @@
-"""The shipped configs, parsed by the recipe's own parser: the paper's run equals the spec's reference table."""
+"""The shipped configs, parsed by their recipe's own parser: the paper's run equals the spec's reference table, and
+the code configs keep the maths configs' algorithm settings."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from resrl_trl.recipes.math_recipe import parse_args
+from resrl_trl.recipes import code_recipe, math_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -51,7 +53,8 @@ GPUS = 8  # the config's batch layout is for 8 GPUs
 
 def parse(name: str):
     # --use_cpu: the configs ask for bf16, which the parser checks against the hardware it runs on
-    return parse_args(["--config", str(CONFIGS / name), "--use_cpu", "true"])
+    recipe = code_recipe if name.startswith("code_") or "_code" in name else math_recipe
+    return recipe.parse_args(["--config", str(CONFIGS / name), "--use_cpu", "true"])
 
 
 def test_paper_config_equals_the_reference_table():
@@ -86,3 +89,26 @@ def test_one_gpu_config_is_lora_with_colocated_vllm():
     _, args, model_args = parse("qwen3_1.7b_lora_1gpu.yaml")
     assert model_args.use_peft and model_args.model_name_or_path == "Qwen/Qwen3-1.7B"
     assert args.use_vllm and args.vllm_mode == "colocate" and args.loss_type == "bnpo" and args.delta == 3.0
+
+
+# What a code config may change from its maths twin: the data, the reward, where it writes.
+DATA_AND_REWARD = {"dataset_name", "dataset_config", "reward", "partial_credit", "allow_unsandboxed", "output_dir"}
+
+
+@pytest.mark.parametrize(
+    "code, maths",
+    [("qwen3_4b_code.yaml", "qwen3_4b_math.yaml"), ("qwen3_1.7b_code_lora_1gpu.yaml", "qwen3_1.7b_lora_1gpu.yaml")],
+)
+def test_code_configs_keep_the_maths_algorithm_settings(code, maths):
+    """Every training, model and shared script setting of a code config equals its maths config's (for the paper's
+    run: the reference table above), so a code run is the same algorithm on other data."""
+    code_script, code_args, code_model = parse(code)
+    maths_script, maths_args, maths_model = parse(maths)
+    assert code_script.dataset_name == "codeio" and not code_script.partial_credit
+    assert vars(code_model) == vars(maths_model)
+    settings = {spec.name for spec in fields(code_args)} - DATA_AND_REWARD
+    assert "resrl_rank" in settings and "delta" in settings
+    assert {name for name in settings if getattr(code_args, name) != getattr(maths_args, name)} == set()
+    shared = set(vars(code_script)) & set(vars(maths_script)) - DATA_AND_REWARD
+    assert {name for name in shared if getattr(code_script, name) != getattr(maths_script, name)} == set()
+    assert shared >= set(REFERENCE_SCRIPT) | {"max_prompt_length", "trainer_cls"}

@@ -1,5 +1,6 @@
-"""Training recipes, each runnable as a script through its link in the repository's ``recipes/`` folder.
+"""Training recipes, each runnable as a script through its link in the repository's ``recipes/`` folder, and
+``common``, what they share.
 
-This folder holds nothing but recipe modules: run as a script, a recipe's folder comes first on ``sys.path``, so any
-module here would shadow a top-level module of the same name.
+Run as a script, a recipe's folder comes first on ``sys.path``, so a module here named like a top-level module (the
+standard library's ``math`` or ``code``, say) would shadow it: the recipes are ``<name>_recipe`` modules.
 """

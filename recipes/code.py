@@ -1,0 +1,1 @@
+../resrl_trl/recipes/code_recipe.py
