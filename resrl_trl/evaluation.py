@@ -2,11 +2,19 @@
 
     resrl-eval --dataset ../shared/data/amc23/test.parquet --num_samples 16 --output_dir eval/base
     resrl-eval --adapter outputs/demo --dataset arithmetic --split test --num_samples 16 --output_dir eval/demo
+    resrl-eval --dataset humaneval --num_samples 8 --max_tokens 512 --output_dir eval/humaneval
 
-Writes ``samples.jsonl`` (one line per sample: problem id, sample index, completion, extracted answer, correct) and
-``summary.json`` (Avg@n, unbiased Pass@k for k = 1, 2, 4, ... n with bootstrap intervals over problems, diversity).
-An interrupted run started again with the same arguments continues where it stopped and never re-samples what it
-has. Generation uses vLLM when it is installed (GPU or CPU build), else batched transformers sampling.
+``--task`` says how a sample is scored: ``math`` (the maths reward against the row's reference answer) or ``code``
+(the row's program tests run in the sandbox by the code reward, rows from the code loader: ``code_basic``,
+``codeio``, ``humaneval`` or a file with a tests column). ``auto`` (the default) takes code for those three names and
+for data whose rows have a ``tests`` column (or ``test_cases``, ``input_output``) and no ``solution``, else maths.
+
+Writes ``samples.jsonl`` (one line per sample: problem id, sample index, completion, correct; for maths the
+extracted answer, for code the program the reward ran, its tests passed and its fault kind, if any) and
+``summary.json`` (Avg@n, unbiased Pass@k for k = 1, 2, 4, ... n with bootstrap intervals over problems, diversity:
+of the answers for maths, of the whitespace-normalised programs for code, with the fault counts). An interrupted
+run started again with the same arguments continues where it stopped and never re-samples what it has. Generation
+uses vLLM when it is installed (GPU or CPU build), else batched transformers sampling.
 """
 
 from __future__ import annotations
@@ -14,18 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .data import load_math_dataset
+from .data import ANSWER_COLUMNS, ARITHMETIC, load_math_dataset, load_rows
 from .metrics import pass_at_k, summarize
 from .models import load_model_and_tokenizer, plain_model_folder
 from .rewards import math_reward
 
-__all__ = ["evaluate", "main", "pass_at_k"]
+__all__ = ["UsageError", "evaluate", "main", "pass_at_k", "resolve_task", "summarize_code"]
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -38,11 +49,19 @@ SAMPLING_KEYS = (
     "dataset",
     "dataset_config",
     "split",
+    "task",
     "temperature",
     "top_p",
     "max_tokens",
     "seed",
 )
+# What a setting absent from an older run's eval_config.json meant then (before --task, every run was maths).
+SETTING_DEFAULTS = {"task": "math"}
+
+
+class UsageError(ValueError):
+    """Settings that cannot work together (``--task code`` on a maths dataset, no sandbox for code...):
+    ``resrl-eval`` prints it as one line."""
 
 
 def _read_samples(path: Path) -> list[dict[str, Any]]:
@@ -61,7 +80,7 @@ def _check_resume(output_dir: Path, config: dict[str, Any]) -> None:
     path = output_dir / CONFIG_FILE
     wanted = {k: config[k] for k in SAMPLING_KEYS}
     if path.exists():
-        found = {k: v for k, v in json.loads(path.read_text()).items() if k in SAMPLING_KEYS}
+        found = SETTING_DEFAULTS | {k: v for k, v in json.loads(path.read_text()).items() if k in SAMPLING_KEYS}
         changed = {k: (found.get(k), wanted[k]) for k in SAMPLING_KEYS if found.get(k) != wanted[k]}
         if changed:
             raise ValueError(
@@ -69,6 +88,145 @@ def _check_resume(output_dir: Path, config: dict[str, Any]) -> None:
                 "--output_dir, or the same settings to continue that run"
             )
     path.write_text(json.dumps(wanted, indent=2))
+
+
+def _code_names() -> tuple[str, ...]:
+    """The code loader's built-in datasets."""
+    from .code_data import CODE_BASIC, CODEIO, HUMANEVAL
+
+    return CODE_BASIC, CODEIO, HUMANEVAL
+
+
+def resolve_task(task: str, dataset: str, split: str = "test", config: str | None = None) -> str:
+    """The task (``"math"`` or ``"code"``) that ``dataset`` is evaluated as.
+
+    ``auto``: code for the code loader's built-in names (``code_basic``, ``codeio``, ``humaneval``), for rows with a
+    tests column and no ``solution``, and for verl rows whose ``ability`` says code; maths otherwise. An explicit
+    ``task`` is checked against what the data clearly is (the built-in names, rows with answers and no tests, rows
+    with tests and no answers): a mismatch raises :class:`UsageError` before any model is loaded.
+    """
+    found: str | None = None
+    if dataset == ARITHMETIC:  # settled without importing the code loader
+        found, what = "math", "the built-in maths task"
+    elif dataset in _code_names():
+        found, what = "code", "a built-in code task"
+    else:
+        from .code_data import TESTS_COLUMNS
+
+        rows = load_rows(dataset, split, config)
+        columns = set(rows.column_names)
+        tests = sorted(columns & set(TESTS_COLUMNS))
+        answers = sorted(columns & set(ANSWER_COLUMNS))
+        if tests and "solution" not in columns:
+            found, what = "code", f"code problems (a {tests[0]!r} column and no 'solution')"
+        elif answers and not tests:
+            found, what = "math", f"maths problems (a {answers[0]!r} column and no tests column)"
+        elif {"prompt", "reward_model", "ability"} <= columns and "code" in str(rows[0]["ability"]).lower():
+            found, what = "code", "verl code problems (their 'ability' says code)"
+    if task == "auto":
+        return found or "math"
+    if found is not None and found != task:
+        raise UsageError(f"--task {task}, but --dataset {dataset} is {what}: use --task {found} (or auto)")
+    return task
+
+
+def load_problems(opts: argparse.Namespace) -> Any:
+    """The first ``--max_problems`` rows of ``--dataset``: ``prompt`` + ``solution`` for maths, ``prompt`` +
+    ``tests`` + ``task_id`` for code."""
+    if opts.task == "code":
+        from .code_data import load_code_dataset
+
+        # max_rows: codeio builds (runs the references of) only as many problems as asked for
+        return load_code_dataset(
+            opts.dataset, opts.split, opts.dataset_config, seed=opts.seed, max_rows=opts.max_problems
+        )
+    dataset = load_math_dataset(opts.dataset, opts.split, opts.dataset_config, seed=opts.seed)
+    if opts.max_problems is not None:
+        dataset = dataset.select(range(min(opts.max_problems, len(dataset))))
+    return dataset
+
+
+class MathScorer:
+    """Each sample's final answer against the row's reference with the maths reward (bounded in time, memory)."""
+
+    def prepare(self) -> None:
+        """Nothing to check before sampling."""
+
+    def __call__(self, row: dict[str, Any], texts: list[str]) -> list[dict[str, Any]]:
+        fields = []
+        for text in texts:
+            answer, reward, _ = math_reward.check(text, row["solution"])
+            fields.append(
+                {"answer": answer, "correct": reward is not None and reward > 0, "solution": row["solution"]}
+            )
+        return fields
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class CodeScorer:
+    """Each sample's program against the row's tests with the code reward, in the sandbox.
+
+    A problem's samples go to the reward in one call, which runs them ``workers`` sandboxes at a time. A sample is
+    correct when the reward is 1.0: every test passed (``partial_credit`` changes only the recorded reward).
+    """
+
+    def __init__(self, partial_credit: bool = False, allow_unsandboxed: bool = False) -> None:
+        from .code_check import CodeReward
+
+        self.reward = CodeReward(partial_credit=partial_credit, allow_unsandboxed=allow_unsandboxed)
+
+    def prepare(self) -> None:
+        """Refuse now, before any sampling, when the machine has no sandbox (and it was not waived)."""
+        from .sandbox import SandboxUnavailable
+
+        try:
+            self.reward.sandbox.backend  # noqa: B018  (detects the backend, or raises)
+        except SandboxUnavailable as error:
+            raise UsageError(" ".join(str(error).split())) from None
+
+    def __call__(self, row: dict[str, Any], texts: list[str]) -> list[dict[str, Any]]:
+        from .code_check import NORMAL, extract_program
+
+        checks = self.reward.check_batch(texts, [row["tests"]] * len(texts))
+        return [
+            {
+                "task_id": row["task_id"],
+                "program": extract_program(text),
+                "correct": check.reward == 1.0,
+                "reward": check.reward,
+                "fault": None if check.status in NORMAL else check.status,
+                "tests_passed": check.passed,
+                "tests_total": check.total,
+                "detail": check.detail,
+            }
+            for text, check in zip(texts, checks, strict=True)
+        ]
+
+    def close(self) -> None:
+        self.reward.close()
+
+
+def normalize_program(program: str) -> str:
+    """A program with every run of whitespace made one space: programs that differ only in layout are the same."""
+    return " ".join(program.split())
+
+
+def summarize_code(records: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """:func:`~resrl_trl.metrics.summarize` for code samples: Avg@n and Pass@k as for maths; the diversity of final
+    answers becomes that of programs (``distinct_programs``, ``program_entropy``: over whitespace-normalised
+    programs, as the reward reads them), beside distinct-n of the completions; ``faults`` counts the samples that
+    ended in each fault kind (``no_code``, ``syntax``, ``timeout``, ``error``, ...)."""
+    summary = summarize([r | {"answer": normalize_program(r.get("program") or "")} for r in records], seed=seed)
+    diversity = summary["diversity"]
+    summary["diversity"] = {
+        "distinct_programs": diversity.pop("distinct_answers"),
+        "program_entropy": diversity.pop("answer_entropy"),
+        **diversity,
+    }
+    summary["faults"] = dict(sorted(Counter(r["fault"] for r in records if r.get("fault")).items()))
+    return summary
 
 
 class TransformersSampler:
@@ -184,14 +342,27 @@ def choose_backend(backend: str) -> tuple[str, str]:
     return backend, "asked for with --backend"
 
 
+def _missing_runs(done: set[int], num_samples: int) -> list[list[int]]:
+    """The sample indices not yet drawn, as runs of contiguous indices: each run is one seeded sampling call."""
+    runs: list[list[int]] = []
+    for k in range(num_samples):
+        if k in done:
+            continue
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
 def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
     """Run (or continue) an evaluation; returns the summary that is also written to ``summary.json``."""
+    opts = argparse.Namespace(**vars(opts))
+    opts.task = resolve_task(getattr(opts, "task", "auto"), opts.dataset, opts.split, opts.dataset_config)
     output_dir = Path(opts.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(output_dir, vars(opts))
-    dataset = load_math_dataset(opts.dataset, opts.split, opts.dataset_config, seed=opts.seed)
-    if opts.max_problems is not None:
-        dataset = dataset.select(range(min(opts.max_problems, len(dataset))))
+    dataset = load_problems(opts)
 
     samples_path = output_dir / SAMPLES_FILE
     records = _read_samples(samples_path)
@@ -206,6 +377,11 @@ def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
     todo = [i for i in range(len(dataset)) if len(have.get(str(i), ())) < opts.num_samples]
 
     if todo:
+        if opts.task == "code":
+            scorer: Any = CodeScorer(opts.partial_credit, opts.allow_unsandboxed)
+        else:
+            scorer = MathScorer()
+        scorer.prepare()  # a missing sandbox is refused before the model is loaded
         backend, why = choose_backend(opts.backend)
         print(f"resrl-eval: sampling with {backend} ({why})", file=sys.stderr)
         if backend == "vllm":
@@ -218,42 +394,69 @@ def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
                 model = PeftModel.from_pretrained(model, opts.adapter)
             device = "cuda" if torch.cuda.is_available() else "cpu"
             sampler = TransformersSampler(model.to(device), tokenizer, opts)
-        with samples_path.open("a") as sink:
-            for index in tqdm(todo, desc="problems", disable=opts.quiet):
-                row = dataset[index]
-                done = have.get(str(index), set())
-                missing = [k for k in range(opts.num_samples) if k not in done]
-                # contiguous runs of missing indices, so each run is one seeded sampling call
-                runs: list[list[int]] = []
-                for k in missing:
-                    if runs and k == runs[-1][-1] + 1:
-                        runs[-1].append(k)
-                    else:
-                        runs.append([k])
-                for run in runs:
-                    texts = sampler.sample(row["prompt"], index, run[0], len(run))
-                    for sample_index, text in zip(run, texts, strict=True):
-                        answer, reward, _ = math_reward.check(text, row["solution"])  # bounded in time, memory
-                        record = {
-                            "problem_id": str(index),
-                            "sample_index": sample_index,
-                            "completion": text,
-                            "answer": answer,
-                            "correct": reward is not None and reward > 0,
-                            "solution": row["solution"],
-                        }
-                        sink.write(json.dumps(record) + "\n")
-                        sink.flush()  # an interruption loses at most the sample being written
-                        records.append(record)
+        try:
+            _sample_and_score(dataset, todo, have, sampler, scorer, samples_path, records, opts)
+        finally:
+            scorer.close()
 
     wanted = {str(i) for i in range(len(dataset))}
-    summary = summarize([r for r in records if r["problem_id"] in wanted], seed=opts.seed)
+    kept = [r for r in records if r["problem_id"] in wanted]
+    summary = summarize_code(kept, seed=opts.seed) if opts.task == "code" else summarize(kept, seed=opts.seed)
     summary["settings"] = {k: getattr(opts, k) for k in SAMPLING_KEYS} | {
         "num_samples": opts.num_samples,
         "max_problems": opts.max_problems,
     }
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _sample_and_score(
+    dataset: Any,
+    todo: list[int],
+    have: dict[str, set[int]],
+    sampler: Any,
+    scorer: Callable[[dict[str, Any], list[str]], list[dict[str, Any]]],
+    samples_path: Path,
+    records: list[dict[str, Any]],
+    opts: argparse.Namespace,
+) -> None:
+    """Sample each problem's missing samples, score them in one call per problem and append them to
+    ``samples_path`` (and ``records``) in problem order. A problem is scored in a background thread while the next
+    one is sampled: the sandbox's runs (code) overlap with generation."""
+    with samples_path.open("a") as sink, ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring") as scoring:
+
+        def write(job: Future) -> None:
+            for record in job.result():
+                sink.write(json.dumps(record) + "\n")
+                records.append(record)
+            sink.flush()  # an interruption loses at most the problems being sampled and scored
+
+        def score(index: int, row: dict[str, Any], drawn: list[tuple[int, str]]) -> list[dict[str, Any]]:
+            fields = scorer(row, [text for _, text in drawn])
+            return [
+                {"problem_id": str(index), "sample_index": k, "completion": text} | extra
+                for (k, text), extra in zip(drawn, fields, strict=True)
+            ]
+
+        pending: Future | None = None
+        try:
+            for index in tqdm(todo, desc="problems", disable=opts.quiet):
+                row = dataset[index]
+                drawn: list[tuple[int, str]] = []
+                for run in _missing_runs(have.get(str(index), set()), opts.num_samples):
+                    texts = sampler.sample(row["prompt"], index, run[0], len(run))
+                    drawn += list(zip(run, texts, strict=True))
+                if pending is not None:
+                    job, pending = pending, None
+                    write(job)
+                pending = scoring.submit(score, index, row, drawn)
+            if pending is not None:
+                job, pending = pending, None
+                write(job)
+        finally:
+            # interrupted while sampling: the problem scored meanwhile is still kept
+            if pending is not None and pending.exception() is None:
+                write(pending)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,9 +466,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="Hub id or local folder (default: embedded SmolLM2-135M)")
     parser.add_argument("--gguf_file", default=None, help="GGUF file inside --model")
     parser.add_argument("--adapter", default=None, help="a PEFT adapter folder (e.g. a training output_dir)")
-    parser.add_argument("--dataset", default="arithmetic", help="arithmetic, a Hub id, or a local data file")
+    parser.add_argument(
+        "--dataset",
+        default="arithmetic",
+        help="arithmetic, code_basic, codeio, humaneval, a Hub id, or a local data file",
+    )
     parser.add_argument("--dataset_config", default=None)
     parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--task",
+        choices=["auto", "math", "code"],
+        default="auto",
+        help="how samples are scored: maths answers, or programs run against tests in the sandbox (auto: from "
+        "--dataset)",
+    )
     parser.add_argument("--num_samples", type=int, default=16, help="samples per problem (n)")
     parser.add_argument("--temperature", type=float, default=0.6)
     parser.add_argument("--top_p", type=float, default=1.0)
@@ -278,6 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--enforce_eager", action="store_true", help="vLLM without CUDA graphs (always so without a GPU)"
     )
+    parser.add_argument(
+        "--partial_credit",
+        action="store_true",
+        help="code: record the fraction of tests passed as the reward (a sample is correct only when all pass)",
+    )
+    parser.add_argument(
+        "--allow_unsandboxed",
+        action="store_true",
+        help="code: run programs without isolation where no sandbox works here (trusted models only)",
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -287,10 +511,17 @@ def main(argv: list[str] | None = None) -> None:
     opts = build_parser().parse_args(argv)
     if opts.num_samples < 1 or opts.temperature <= 0 or not 0 < opts.top_p <= 1 or opts.max_tokens < 1:
         sys.exit("resrl-eval: need --num_samples >= 1, --temperature > 0, 0 < --top_p <= 1, --max_tokens >= 1")
-    summary = evaluate(opts)
+    try:
+        summary = evaluate(opts)
+    except UsageError as error:
+        sys.exit(f"resrl-eval: {error}")
     n = summary["num_samples"]
     line = ", ".join(f"pass@{k} {v['mean']:.3f}" for k, v in summary["pass@k"].items())
     print(f"{summary['num_problems']} problems x {n} samples: avg@{n} {summary[f'avg@{n}']['mean']:.3f}; {line}")
+    if "faults" in summary:  # code
+        faults = ", ".join(f"{kind} {count}" for kind, count in summary["faults"].items()) or "none"
+        distinct = summary["diversity"]["distinct_programs"]["mean"]
+        print(f"distinct programs per problem {distinct:.2f}; faults (samples): {faults}")
     print(f"wrote {Path(opts.output_dir) / SAMPLES_FILE} and {Path(opts.output_dir) / SUMMARY_FILE}")
 
 

@@ -13,10 +13,13 @@ from transformers import AutoModelForCausalLM
 from vllm_support import VLLM_CPU_ENV
 
 SETTINGS = ["--dataset", "arithmetic", "--split", "test", "--max_problems", "3", "--num_samples", "4"]
+CODE_SETTINGS = ["--dataset", "code_basic", "--split", "test", "--max_problems", "3", "--num_samples", "4"]
 
 
-def run_eval(output_dir: Path, *flags: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "resrl_trl.evaluation", *SETTINGS, "--max_tokens", "24", *flags]
+def run_eval(
+    output_dir: Path, *flags: str, settings: list[str] = SETTINGS, max_tokens: int = 24
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "resrl_trl.evaluation", *settings, "--max_tokens", str(max_tokens), *flags]
     result = subprocess.run(
         [*command, "--output_dir", str(output_dir), "--quiet"],
         env={**os.environ, **VLLM_CPU_ENV, "HF_HUB_OFFLINE": "1"},
@@ -61,3 +64,26 @@ def test_eval_with_vllm_base_and_adapter(model_dir, tmp_path):
     # Run again with the same arguments: nothing is re-sampled.
     again = run_eval(tmp_path / "base", "--backend", "auto")
     assert "sampling with" not in again.stderr and completions(tmp_path / "base") == base_texts
+
+
+def test_code_eval_with_vllm(model_dir, tmp_path):
+    # model_dir: the embedded model's plain folder, written once in the cache these subprocesses share.
+    # code_basic is a code task (--task auto): the embedded model's programs run against the tests in the sandbox.
+    # Programs need more tokens than answers; what it writes is scored whatever it is (a program, prose, or a fault).
+    code = run_eval(tmp_path / "code", "--backend", "auto", settings=CODE_SETTINGS, max_tokens=160)
+    assert "sampling with vllm (vLLM is installed)" in code.stderr
+    summary = json.loads((tmp_path / "code" / "summary.json").read_text())
+    assert summary["num_problems"] == 3 and summary["num_samples"] == 4 and summary["settings"]["task"] == "code"
+    assert set(summary["pass@k"]) == {"1", "2", "4"} and 0 <= summary["avg@4"]["mean"] <= 1
+    assert set(summary["diversity"]) == {"distinct_programs", "program_entropy", "distinct_1", "distinct_2"}
+    records = [json.loads(line) for line in (tmp_path / "code" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 12 and sum(bool(r["completion"].strip()) for r in records) >= 10
+    assert all(r["task_id"].startswith("code_basic/") and r["tests_total"] >= 4 for r in records)
+    assert sum(r["fault"] is not None for r in records) == sum(summary["faults"].values())
+    assert all(r["correct"] == (r["tests_passed"] == r["tests_total"]) for r in records)
+    assert any("```" in r["completion"] and r["program"] != r["completion"] for r in records)  # fenced code found
+    texts = completions(tmp_path / "code")
+
+    # Run again with the same arguments: nothing is re-sampled.
+    again = run_eval(tmp_path / "code", "--backend", "auto", settings=CODE_SETTINGS, max_tokens=160)
+    assert "sampling with" not in again.stderr and completions(tmp_path / "code") == texts
