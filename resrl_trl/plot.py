@@ -66,7 +66,11 @@ def markdown_table(summaries: list[dict[str, Any]], labels: list[str]) -> str:
     ks = sorted({int(k) for s in summaries for k in s["pass@k"]})
     n_values = sorted({s["num_samples"] for s in summaries})
     avg_header = f"Avg@{n_values[0]}" if len(n_values) == 1 else "Avg@n"
-    header = ["method", avg_header] + [f"Pass@{k}" for k in ks] + ["distinct answers", "answer entropy", "distinct-2"]
+    # maths summaries count final answers; code summaries count programs (whitespace collapsed)
+    kind = "answer" if all("distinct_answers" in s["diversity"] for s in summaries) else "program"
+    header = (
+        ["method", avg_header] + [f"Pass@{k}" for k in ks] + [f"distinct {kind}s", f"{kind} entropy", "distinct-2"]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for label, s in zip(labels, summaries, strict=True):
         n = s["num_samples"]
@@ -74,8 +78,8 @@ def markdown_table(summaries: list[dict[str, Any]], labels: list[str]) -> str:
         row += [_cell(s["pass@k"][str(k)]) if str(k) in s["pass@k"] else "" for k in ks]
         diversity = s["diversity"]
         row += [
-            _cell(diversity["distinct_answers"], 1, 2),
-            _cell(diversity["answer_entropy"], 1, 2),
+            _cell(diversity[f"distinct_{kind}s"], 1, 2) if f"distinct_{kind}s" in diversity else "",
+            _cell(diversity[f"{kind}_entropy"], 1, 2) if f"{kind}_entropy" in diversity else "",
             _cell(diversity["distinct_2"], 1, 3),
         ]
         lines.append("| " + " | ".join(row) + " |")

@@ -245,3 +245,19 @@ def test_a_code_file_is_evaluated_as_code(tmp_path, tiny_model_dir, monkeypatch)
     lines, summary = run_eval(tiny_model_dir, dataset, tmp_path / "file", 2, "--allow_unsandboxed")
     assert [r["correct"] for r in lines] == [True, False, True, False]
     assert summary["settings"]["task"] == "code" and summary["pass@k"]["1"]["mean"] == 0.5
+
+
+def test_plot_table_reads_a_code_summary_s_diversity() -> None:
+    """resrl-plot --table on code summaries: programs, not final answers, are counted."""
+    from resrl_trl.plot import markdown_table
+
+    metric = {"mean": 0.5, "ci95": [0.25, 0.75]}
+    summary = {
+        "num_samples": 2,
+        "avg@2": metric,
+        "pass@k": {"1": metric, "2": metric},
+        "diversity": {"distinct_programs": metric, "program_entropy": metric, "distinct_2": metric},
+    }
+    table = markdown_table([summary], ["base"])
+    assert "distinct programs | program entropy" in table
+    assert "| base | 50.0 [25.0, 75.0] | 50.0 [25.0, 75.0] | 50.0 [25.0, 75.0] | 0.50 [0.25, 0.75] |" in table
