@@ -48,14 +48,17 @@ class SafeTrainingMixin:
         return rewards_per_func.masked_fill(infinite, float("nan"))
 
     def _log_answer_check_faults(self, mode: str) -> None:
-        """Completions the reward functions could not check normally (time-outs, parser errors, empty), per step."""
+        """Completions the reward functions could not check normally, per step and kind (``resrl/answer_check_<kind>``:
+        the maths reward's time-outs, parser errors, empty completions; the code reward's kinds too)."""
         seen = getattr(self, "_faults_seen", {})
         for func in self.reward_funcs:
             faults = getattr(func, "faults", None)
             if not isinstance(faults, dict):
                 continue
             name = getattr(func, "__name__", type(func).__name__)
-            for kind in ("timeout", "error", "empty"):
+            # the maths reward's kinds always (stable metric names), and whatever else a reward counts (the code
+            # reward's syntax, memory, exit, ...) from the step it first appears
+            for kind in sorted({"timeout", "error", "empty"} | set(faults)):
                 total = faults.get(kind, 0)
                 self._metrics[mode][f"resrl/answer_check_{kind}"].append(float(total - seen.get((name, kind), 0)))
                 seen[(name, kind)] = total
