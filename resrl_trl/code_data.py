@@ -1,9 +1,10 @@
 """Programming problems in the form the code reward wants: ``prompt`` (chat messages), ``tests`` and ``task_id``.
 
 ``tests`` is a string the reward runs against the completion's program (see ``resrl_trl.rewards.code_reward``):
-either Python source that raises on failure and runs after the program in its namespace (asserts, or HumanEval's
-``def check(candidate)`` followed by ``check(<entry point>)``), or a JSON list of stdin/stdout cases
-``[{"input": "...", "output": "..."}, ...]``.
+either Python source that raises on failure, run after the program with the program's top-level names in scope
+(asserts, or HumanEval's ``def check(candidate)`` followed by ``check(<entry point>)``), or a JSON list of
+stdin/stdout cases ``[{"input": "...", "output": "..."}, ...]``. Programs run in a sandbox with the standard library
+only, so the prompts this module writes ask for nothing else.
 
 Accepted inputs (see :func:`load_code_dataset`):
 
@@ -64,6 +65,7 @@ CODE_BASIC_TEST_SIZE = 24
 CODEIO_TEST_SIZE = 300
 CODEIO_TESTS = 5  # cases per CodeI/O problem
 CODEIO_MIN_TESTS = 3  # fewer cases than this (the reference failed or drew random numbers): problem left out
+CODEIO_CACHE_FORMAT = 1  # raised whenever the way cases are made changes, so that no older cache is read
 ANSWER_FORMAT = "Put the code in a ```python code block."
 
 
@@ -317,7 +319,7 @@ def _codeio_cases(entries: dict[int, dict[str, Any]], seed: int, version: str) -
     ``$RESRL_TRL_CACHE`` (default ``~/.cache/resrl-trl``), since running 3000 references takes about a minute."""
     from .codeio_worker import reference_cases
 
-    path = _cache_folder() / f"codeio-{version}-seed{seed}-n{CODEIO_TESTS}.json"
+    path = _cache_folder() / f"codeio-{version}-seed{seed}-n{CODEIO_TESTS}-v{CODEIO_CACHE_FORMAT}.json"
     cached: dict[int, dict[str, Any]] = {}
     if path.is_file():
         try:

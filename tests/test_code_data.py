@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 
+from resrl_trl import codeio_worker
 from resrl_trl.code_check import CodeReward, parse_tests
 from resrl_trl.code_data import (
     CODE_BASIC_FAMILIES,
@@ -111,12 +112,21 @@ def test_codeio_problems_are_tested_on_the_references_outputs(reward, monkeypatc
     """Tests are the reference's outputs on generated inputs, the same for the same seed (and read back from the
     cache), other inputs for another seed; the reference itself passes them where it needs only the standard library
     (programs in the sandbox get nothing else)."""
-    monkeypatch.setenv("RESRL_TRL_CACHE", str(tmp_path))
+    monkeypatch.setenv("RESRL_TRL_CACHE", str(tmp_path / "first"))
     dataset = load_code_dataset("codeio", max_rows=6)
     assert len(dataset) == 6 and dataset.column_names == ["prompt", "tests", "task_id"]
-    assert list(tmp_path.glob("codeio-*-seed0-n5.json"))
+    assert list((tmp_path / "first").glob("codeio-*-seed0-n5-v1.json"))
+    monkeypatch.setenv("RESRL_TRL_CACHE", str(tmp_path / "second"))  # computed again from scratch
     again = load_code_dataset("codeio", max_rows=6)
     assert list(again["tests"]) == list(dataset["tests"]) and list(again["task_id"]) == list(dataset["task_id"])
+
+    def no_worker(tasks):
+        raise AssertionError("the cached cases were computed again")
+
+    monkeypatch.setattr(codeio_worker, "reference_cases", no_worker)
+    assert list(load_code_dataset("codeio", max_rows=6)["tests"]) == list(dataset["tests"])  # from the cache
+    monkeypatch.undo()
+    monkeypatch.setenv("RESRL_TRL_CACHE", str(tmp_path / "first"))
     other_seed = load_code_dataset("codeio", seed=1, max_rows=6)
     assert list(other_seed["task_id"]) != list(dataset["task_id"])
     entries = codeio_entries()
