@@ -30,43 +30,24 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-from common import RANKS, analyse_group
+from common import RANKS, add_sampling_arguments, analyse_group, load_policy_and_prompts
 
 from resrl_trl.analysis import HeadGradients
-from resrl_trl.data import load_math_dataset
 from resrl_trl.inspector import iter_groups
-from resrl_trl.models import load_model_and_tokenizer
 from resrl_trl.residual import SubspaceSettings
 from resrl_trl.rewards import math_reward
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--gguf_file", default=None)
-    parser.add_argument("--adapter", default=None)
-    parser.add_argument("--dataset", default="arithmetic")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num_prompts", type=int, default=48)
-    parser.add_argument("--num_generations", type=int, default=8)
+    add_sampling_arguments(parser, num_prompts=48, max_tokens=40)
     parser.add_argument("--prompts_per_step", type=int, default=4)
-    parser.add_argument("--max_tokens", type=int, default=40)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="docs/runs/analysis.json")
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-    rows = load_math_dataset(opts.dataset, opts.split, seed=opts.seed)
-    rows = rows.select(range(min(opts.num_prompts, len(rows))))
-    model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file)
-    if opts.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, opts.adapter)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model, tokenizer, rows = load_policy_and_prompts(opts)
     head_weight = model.get_output_embeddings().weight.detach()
     settings = SubspaceSettings()
     report: dict = {"settings": vars(opts), "ranks": list(RANKS), "groups": [], "steps": []}

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_sampling_arguments, load_policy_and_prompts
 
 from resrl_trl.analysis import divergence_positions
-from resrl_trl.data import load_math_dataset
 from resrl_trl.inspector import iter_groups
-from resrl_trl.models import load_model_and_tokenizer
 from resrl_trl.residual import WEIGHT_POSITIONS, SubspaceSettings, compute_residual_weights
 from resrl_trl.rewards import math_reward
 
@@ -64,29 +63,13 @@ def bootstrap_difference(groups: list[dict], rounds: int = 2000, seed: int = 0) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--gguf_file", default=None)
-    parser.add_argument("--adapter", default=None)
-    parser.add_argument("--dataset", default="arithmetic")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num_prompts", type=int, default=64)
-    parser.add_argument("--num_generations", type=int, default=8)
-    parser.add_argument("--max_tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    add_sampling_arguments(parser, num_prompts=64, max_tokens=32)
     parser.add_argument("--output", default="docs/runs/divergence.json")
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(os.cpu_count() or 1)
 
-    rows = load_math_dataset(opts.dataset, opts.split, seed=opts.seed)
-    rows = rows.select(range(min(opts.num_prompts, len(rows))))
-    model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file)
-    if opts.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, opts.adapter)
-    model.eval()
+    model, tokenizer, rows = load_policy_and_prompts(opts)
     settings = SubspaceSettings()
     report: dict = {"settings": vars(opts), "groups": {position: [] for position in WEIGHT_POSITIONS}}
     sampled = iter_groups(
