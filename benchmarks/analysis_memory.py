@@ -88,27 +88,30 @@ def main() -> None:
     parser.add_argument("--group_size", type=int, default=8)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--output", default="docs/runs/analysis_memory.json")
+    parser.add_argument("--report", action="store_true", help="only print the table of the runs in --output")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child is not None:
         print(json.dumps(child(opts.child, opts.group_size, opts.layers)))
         return
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    rows = []
-    for length in opts.lengths:
-        argv = ["--child", str(length), "--group_size", str(opts.group_size), "--layers", str(opts.layers)]
-        rows.append(run_in_own_process(__file__, argv))
-        print(f"length {length}: {rows[-1]['peak_gib']:.2f} GiB", flush=True)
-    Path(opts.output).write_text(json.dumps({"settings": vars(opts), "rows": rows}, indent=1))
+    if opts.report:
+        rows = json.loads(Path(opts.output).read_text())["rows"]
+    else:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        rows = []
+        for length in opts.lengths:
+            argv = ["--child", str(length), "--group_size", str(opts.group_size), "--layers", str(opts.layers)]
+            rows.append(run_in_own_process(__file__, argv))
+            print(f"length {length}: {rows[-1]['peak_gib']:.2f} GiB", flush=True)
+        Path(opts.output).write_text(json.dumps({"settings": vars(opts), "rows": rows}, indent=1))
     vocab, hidden = QWEN3_4B["vocab_size"], QWEN3_4B["hidden_size"]
     print(f"\nQwen3-4B widths (vocabulary {vocab}, hidden {hidden}), {opts.group_size} completions per group, CPU:\n")
     print("| completion tokens | positive tokens in the subspace | peak above the model (GiB) | computed (GiB) |")
     print("| ---: | ---: | ---: | ---: |")
     for row in rows:
-        print(
-            f"| {row['length']} | {row['subspace_tokens']} | {row['peak_gib']:.2f} | {row['predicted_gib']:.2f} |"
-        )
-    for length in (8192, 16384):
+        print(f"| {row['length']} | {row['subspace_tokens']} | {row['peak_gib']:.2f} | {row['predicted_gib']:.2f} |")
+    measured = {row["length"] for row in rows}
+    for length in [n for n in (1024, 2048, 4096, 8192) if n > max(measured)]:
         predicted = predicted_bytes(length, opts.group_size, vocab, hidden) / GIB
         print(f"| {length} (computed only) | | | {predicted:.2f} |")
 
