@@ -76,12 +76,13 @@ def _read_samples(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _check_resume(output_dir: Path, config: dict[str, Any]) -> None:
+def _check_resume(output_dir: Path, config: dict[str, Any], keys: tuple[str, ...] = SAMPLING_KEYS) -> None:
+    """Refuse to continue a run in ``output_dir`` that was sampled with other ``keys`` settings; record them."""
     path = output_dir / CONFIG_FILE
-    wanted = {k: config[k] for k in SAMPLING_KEYS}
+    wanted = {k: config[k] for k in keys}
     if path.exists():
-        found = SETTING_DEFAULTS | {k: v for k, v in json.loads(path.read_text()).items() if k in SAMPLING_KEYS}
-        changed = {k: (found.get(k), wanted[k]) for k in SAMPLING_KEYS if found.get(k) != wanted[k]}
+        found = SETTING_DEFAULTS | {k: v for k, v in json.loads(path.read_text()).items() if k in keys}
+        changed = {k: (found.get(k), wanted[k]) for k in keys if found.get(k) != wanted[k]}
         if changed:
             raise ValueError(
                 f"{output_dir} holds samples drawn with other settings {changed} (found, asked); use another "

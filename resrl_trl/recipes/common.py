@@ -24,6 +24,7 @@ from resrl_trl.callbacks import CURVES_FILE, METRICS_FILE, TrainingCurvesCallbac
 from resrl_trl.data import cut_long_prompts
 from resrl_trl.models import load_model_and_tokenizer, plain_model_folder
 from resrl_trl.rewards import LengthScaledReward
+from resrl_trl.tool_chat import add_tool_calling
 
 __all__ = [
     "CONFIGS",
@@ -106,9 +107,12 @@ def build_trainer(
     model_args: ModelConfig,
     train_dataset: Dataset,
     reward: Callable[..., list[float | None]],
+    environment_factory: Any = None,
 ) -> GRPOTrainer:
     """The trainer for ``train_dataset`` and ``reward``: the model (a plain folder for vLLM), prompts cut to
-    ``max_prompt_length``, the length scaling of the reward, LoRA from ``model_args``, and the metrics callback."""
+    ``max_prompt_length``, the length scaling of the reward, LoRA from ``model_args``, and the metrics callback.
+    With an ``environment_factory`` (the agent recipe), TRL runs its tool loop, and a ChatML template without a
+    tools branch gets one (:func:`resrl_trl.tool_chat.add_tool_calling`)."""
     if script_args.max_train_samples is not None:
         train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
     model_path, gguf_file = model_args.model_name_or_path, script_args.gguf_file
@@ -121,6 +125,8 @@ def build_trainer(
         attn_implementation=model_args.attn_implementation,
         revision=model_args.model_revision,
     )
+    if environment_factory is not None:
+        tokenizer = add_tool_calling(tokenizer)
     if script_args.max_prompt_length is not None:
         train_dataset, cut = cut_long_prompts(
             train_dataset, tokenizer, script_args.max_prompt_length, training_args.chat_template_kwargs
@@ -137,6 +143,7 @@ def build_trainer(
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        **({"environment_factory": environment_factory} if environment_factory is not None else {}),
         callbacks=[TrainingCurvesCallback("GRPO" if script_args.trainer_cls == "GRPOTrainer" else None)],
     )
 

@@ -1,0 +1,1 @@
+../resrl_trl/recipes/agent_recipe.py
