@@ -137,12 +137,28 @@ class VLLMGenerator(VLLMSampler):
         return [list(output.outputs[0].token_ids) for output in outputs]
 
 
-def _render(tokenizer: Any, messages: list[dict[str, Any]], tools: list[Any]) -> list[int]:
-    """The token ids of a conversation ready for the model's next reply."""
+def _render(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: list[Any], generation_prompt: bool = True
+) -> list[int]:
+    """The token ids of a conversation (ready for the model's next reply with ``generation_prompt``)."""
     ids = tokenizer.apply_chat_template(
-        messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+        messages, tools=tools, add_generation_prompt=generation_prompt, tokenize=True, return_dict=False
     )
     return list(ids)
+
+
+def tool_suffix_ids(tokenizer: Any, tool_messages: list[dict[str, Any]]) -> list[int]:
+    """The tokens TRL appends after a reply that called tools: the tool turns and the next reply's header, cut from
+    a rendering of a stand-in exchange after its end-of-turn token (the reply already ends with it)."""
+    call = {"type": "function", "function": {"name": tool_messages[0]["name"], "arguments": {}}}
+    exchange = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "", "tool_calls": [call]}]
+    before = _render(tokenizer, exchange, [], generation_prompt=False)
+    after = _render(tokenizer, exchange + tool_messages, [])
+    ends = [i for i, token in enumerate(before) if token == tokenizer.eos_token_id]
+    before = before[: ends[-1] + 1] if ends else before
+    if after[: len(before)] != before:
+        raise ValueError("the chat template renders an exchange differently once tool turns follow it")
+    return after[len(before) :]
 
 
 def run_rollouts(
@@ -154,38 +170,45 @@ def run_rollouts(
     max_tokens: int,
     seed: int,
 ) -> list[dict[str, Any]]:
-    """One rollout per environment of ``row``'s task, side by side; each record holds the conversation after the
-    prompt, its score and fault, and the calls it made."""
+    """One rollout per environment of ``row``'s task, side by side, built token by token as TRL's tool loop builds
+    them: each reply's tokens, then (when it called tools) the tool turns' tokens, which ``tool_mask`` marks 0.
+    Each record holds the conversation after the prompt, its score and fault, the calls made, and the prompt and
+    completion ids with the tool mask."""
     reset_row = {k: v for k, v in row.items() if k not in ("prompt", "environment")}
     episodes = []
     for environment in environments:
         environment.reset(**reset_row)
         tools = environment_tools(environment)
         prompt = _render(tokenizer, row["prompt"], tools)
-        episodes.append({"tools": tools, "prompt": prompt, "ids": list(prompt), "messages": [], "done": False})
+        episodes.append({"tools": tools, "prompt": prompt, "completion": [], "tool_mask": [], "messages": []})
+    active = list(episodes)
     for turn in range(max_turns + 1):
-        active = [e for e in episodes if not e["done"]]
         if not active:
             break
-        budgets = [max_tokens - (len(e["ids"]) - len(e["prompt"])) for e in active]
-        replies = generator.generate([e["ids"] for e in active], budgets, seed * 1_000_003 + turn * 10_007)
+        budgets = [max_tokens - len(e["completion"]) for e in active]
+        replies = generator.generate(
+            [e["prompt"] + e["completion"] for e in active], budgets, seed * 1_000_003 + turn * 10_007
+        )
+        still_active = []
         for episode, reply in zip(active, replies, strict=True):
-            message = parse_response(tokenizer, reply, prefix=episode["ids"], tools=episode["tools"]) if reply else {}
-            episode["ids"] += reply
+            prefix = episode["prompt"] + episode["completion"]
+            message = parse_response(tokenizer, reply, prefix=prefix, tools=episode["tools"]) if reply else {}
+            episode["completion"] += reply
+            episode["tool_mask"] += [1] * len(reply)
             if message:
                 episode["messages"].append(message)
             calls = message.get("tool_calls") if message else None
             if not calls or turn == max_turns:
-                episode["done"] = True
                 continue
             tool_turns = run_tool_calls({t.__name__: t for t in episode["tools"]}, calls)
-            conversation = row["prompt"] + episode["messages"] + tool_turns
-            ids = _render(tokenizer, conversation, episode["tools"])
-            if len(ids) - len(episode["prompt"]) >= max_tokens:  # TRL drops a tool result that overflows
-                episode["done"] = True
+            suffix = tool_suffix_ids(tokenizer, tool_turns)
+            if len(episode["completion"]) + len(suffix) >= max_tokens:  # TRL drops a tool result that overflows
                 continue
             episode["messages"] += tool_turns
-            episode["ids"] = ids
+            episode["completion"] += suffix
+            episode["tool_mask"] += [0] * len(suffix)
+            still_active.append(episode)
+        active = still_active
     records = []
     for episode, environment in zip(episodes, environments, strict=True):
         reward, fault = score_rollout(environment, episode["messages"])
@@ -196,7 +219,10 @@ def run_rollouts(
                 "reward": reward,
                 "fault": fault,
                 "tool_calls": count_tool_calls(episode["messages"]),
-                "completion_tokens": len(episode["ids"]) - len(episode["prompt"]),
+                "completion_tokens": len(episode["completion"]),
+                "prompt_ids": episode["prompt"],
+                "completion_ids": episode["completion"],
+                "tool_mask": episode["tool_mask"],
             }
         )
     return records
@@ -246,7 +272,8 @@ def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
                 seed = opts.seed * 1_000_003 + index * 10_007
                 results = run_rollouts(generator, tokenizer, row, environments, opts.max_turns, opts.max_tokens, seed)
                 for k, result in enumerate(results):
-                    record = {"problem_id": str(index), "sample_index": k, "source": row["source"], **result}
+                    kept = {key: value for key, value in result.items() if not key.endswith(("_ids", "_mask"))}
+                    record = {"problem_id": str(index), "sample_index": k, "source": row["source"], **kept}
                     sink.write(json.dumps(record) + "\n")
                     records.append(record)
                 sink.flush()

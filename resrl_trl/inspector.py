@@ -2,6 +2,7 @@
 
     resrl-inspect --output_dir outputs/inspect                         # embedded model, 4 arithmetic prompts
     resrl-inspect --model Qwen/Qwen3-4B --adapter outputs/run --dataset ../shared/data/math/test.parquet
+    resrl-inspect --dataset files_demo --max_tokens 96 --output_dir outputs/inspect_agent    # multi-turn rollouts
 
 For each prompt it samples a group of completions, scores them with the reward, reads the policy's hidden states at
 the layer training reads (``output_hidden_states[-2]`` by default, aligned with the logits that score each token),
@@ -9,6 +10,10 @@ and computes ResRL's weights with the same function and settings training uses. 
 negative completion's tokens coloured by weight, the group's positives beside them, energies in the tooltips) and
 ``inspect.png`` (the same colours, one row per negative, with each group's residual energies and the ``q_low`` /
 ``q_high`` quantiles that bound the weight map), and ``weights.json`` with every number shown.
+
+With an agent dataset (:mod:`resrl_trl.agent_tasks`) a group is multi-turn rollouts in their environments, built as
+TRL's tool loop builds them; the tool turns' tokens are shown grey in place: the model reads them, but they are not
+its own, so they get no weight and stay out of the subspace (as in training, through TRL's ``tool_mask``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import argparse
 import html
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +45,12 @@ __all__ = [
     "block_states",
     "concatenate",
     "inspect_weights",
+    "iter_agent_groups",
     "iter_groups",
     "main",
     "sample_groups",
     "write_html",
+    "write_inspection",
     "write_png",
 ]
 
@@ -74,6 +81,10 @@ class SampledGroups:
     """The reading :attr:`hidden` gives (``resrl_weight_position``)."""
     final_states: torch.Tensor | None = None
     """``(B, T + 1, H)`` the output head's inputs at the same positions (with ``with_head``); no logits are kept."""
+    tool_output: torch.Tensor | None = None
+    """``(B, T)`` bool, multi-turn rollouts only: the tool turns' tokens inside a completion (TRL's ``tool_mask``
+    0). They are read by the model but are not its own: outside ``completion_mask``, so out of the subspaces and
+    without weights."""
 
     @property
     def hidden(self) -> torch.Tensor:
@@ -192,6 +203,72 @@ def iter_groups(
         )
 
 
+def iter_agent_groups(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict[str, Any]],
+    factories: dict[str, Callable[[], Any]],
+    *,
+    num_generations: int = 8,
+    max_tokens: int = 96,
+    max_turns: int = 2,
+    temperature: float = 1.0,
+    seed: int = 0,
+    hidden_layer: int = -2,
+    weight_position: str = "previous",
+    with_head: bool = False,
+    rows_per_forward: int = 8,
+    first_group: int = 0,
+) -> Iterator[SampledGroups]:
+    """:func:`iter_groups` for agent tasks (rows of :func:`resrl_trl.agent_tasks.load_agent_tasks`): each group is
+    ``num_generations`` multi-turn rollouts of one task in their own environments (``factories``), built token by
+    token as TRL's tool loop builds them and scored by the agent reward. ``completion_mask`` holds the model's own
+    tokens only; the tool turns' tokens are :attr:`SampledGroups.tool_output`: the forward reads them, ResRL does
+    not."""
+    from argparse import Namespace
+
+    from .agent_eval import TransformersGenerator, run_rollouts
+
+    generator = TransformersGenerator(model, tokenizer, Namespace(temperature=temperature, top_p=1.0))
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id or 0
+    for offset, row in enumerate(rows):
+        group = first_group + offset
+        environments = [factories[row["environment"]]() for _ in range(num_generations)]
+        records = run_rollouts(
+            generator, tokenizer, row, environments, max_turns, max_tokens, seed * 1_000_003 + group
+        )
+        width = max(1, *(len(r["completion_ids"]) for r in records))
+        ids = torch.full((len(records), width), pad, dtype=torch.long)
+        own = torch.zeros(len(records), width, dtype=torch.bool)
+        tool = torch.zeros_like(own)
+        for index, record in enumerate(records):
+            length = len(record["completion_ids"])
+            ids[index, :length] = torch.tensor(record["completion_ids"], dtype=torch.long)
+            marks = torch.tensor(record["tool_mask"], dtype=torch.bool)
+            own[index, :length], tool[index, :length] = marks, ~marks
+        prompt = torch.tensor(records[0]["prompt_ids"], dtype=torch.long)[None].expand(len(records), -1)
+        input_ids = torch.cat([prompt, ids], 1).to(device)
+        attention_mask = torch.cat([torch.ones_like(prompt), (own | tool).long()], 1).to(device)
+        states, finals = block_states(
+            model, input_ids, attention_mask, width + 1, hidden_layer, with_head, rows_per_forward
+        )
+        task = json.loads(row["task"]) if str(row["task"]).startswith("{") else {}
+        yield SampledGroups(
+            prompts=[row["prompt"][-1]["content"]],
+            solutions=["; ".join(task["target"]) if task.get("target") else "(the task's goal)"],
+            completion_ids=ids,
+            completion_mask=own,
+            group_ids=torch.full((len(records),), group),
+            rewards=torch.tensor([float(r["reward"]) for r in records]),
+            texts=[tokenizer.decode(r["completion_ids"], skip_special_tokens=True) for r in records],
+            states=states,
+            weight_position=weight_position,
+            final_states=finals,
+            tool_output=tool,
+        )
+
+
 def concatenate(parts: Sequence[SampledGroups], pad_token_id: int = 0) -> SampledGroups:
     """Several groups (of :func:`iter_groups`) as one batch, right-padded to the longest completion."""
     width = max(part.completion_ids.shape[1] for part in parts)
@@ -215,6 +292,7 @@ def concatenate(parts: Sequence[SampledGroups], pad_token_id: int = 0) -> Sample
         states=stack([part.states for part in parts], 0.0, extra=1),
         weight_position=parts[0].weight_position,
         final_states=stack([part.final_states for part in parts], 0.0, extra=1) if with_head else None,
+        tool_output=(stack([part.tool_output for part in parts], False) if parts[0].tool_output is not None else None),
     )
 
 
@@ -298,6 +376,11 @@ def _colour(weight: float, min_weight: float) -> tuple[float, float, float]:
     return tuple(s + (p - s) * share for s, p in zip(spared, penalised, strict=True))  # type: ignore[return-value]
 
 
+def _own_values(values: torch.Tensor, shown: torch.Tensor, tool: torch.Tensor) -> list[float | None]:
+    """The shown tokens' values, None for a tool turn's token."""
+    return [None if t else v for v, t in zip(values[shown].tolist(), tool[shown].tolist(), strict=True)]
+
+
 def _group_rows(groups: SampledGroups, found: dict[str, Any], tokenizer: Any) -> list[dict[str, Any]]:
     """Per group, what the page shows: positives' texts, and each negative's tokens with weight, energy and
     divergence token."""
@@ -310,12 +393,17 @@ def _group_rows(groups: SampledGroups, found: dict[str, Any], tokenizer: Any) ->
             if bool(found["is_positive"][row]):
                 continue
             mask = groups.completion_mask[row]
+            # multi-turn: the tool turns' tokens are shown in place, without a weight (None)
+            tool = groups.tool_output[row] if groups.tool_output is not None else torch.zeros_like(mask)
+            shown = mask | tool
+            weights = _own_values(found["weights"][row], shown, tool)
+            energy = _own_values(found["energy"][row], shown, tool) if bool(found["weighted"][row].any()) else None
             divergence = int(found["divergence"][row])
             negatives.append(
                 {
-                    "tokens": _token_strings(tokenizer, groups.completion_ids[row], mask),
-                    "weights": found["weights"][row][mask].tolist(),
-                    "energy": found["energy"][row][mask].tolist() if bool(found["weighted"][row].any()) else None,
+                    "tokens": _token_strings(tokenizer, groups.completion_ids[row], shown),
+                    "weights": weights,
+                    "energy": energy,
                     "reward": float(groups.rewards[row]),
                     "divergence": divergence if divergence >= 0 else None,
                 }
@@ -361,14 +449,17 @@ def write_html(path: Path, groups: list[dict[str, Any]], settings: SubspaceSetti
         ".tok{font-family:monospace;white-space:pre-wrap;padding:1px 0;border-radius:2px}"
         ".div{outline:2px solid #000;outline-offset:0}"
         ".pos{background:#e8f6e8;padding:4px;margin:2px 0;font-family:monospace;white-space:pre-wrap}"
-        ".neg{margin:6px 0;line-height:1.8}.note{color:#555}</style>",
+        ".neg{margin:6px 0;line-height:1.8}.note{color:#555}"
+        ".tool{background:#e6e6e6;color:#666;font-style:italic}</style>",
         "<h1>Which tokens of failed completions ResRL penalises</h1>",
         "<p>Each failed completion's tokens are coloured by their weight on the negative advantage: "
         f"<span class='tok' style='background:{swatch(1.0)}'>&nbsp;1.0 full penalty&nbsp;</span> to "
         f"<span class='tok' style='background:{swatch(settings.min_weight)}'>&nbsp;{settings.min_weight} "
         "spared (its state lies close to the successful completions' subspace)&nbsp;</span>. "
         f"{html.escape(reading_note(position))} Hover a token for its weight and residual energy. A token that holds "
-        "part of a character shows that part as escaped bytes, \\xe2\\x89. Settings: rank "
+        "part of a character shows that part as escaped bytes, \\xe2\\x89. In a multi-turn rollout the tool turns' "
+        "tokens are <span class='tok tool'>grey and italic</span>: the model reads them but did not write them, so "
+        "they get no weight and stay out of the subspace. Settings: rank "
         f"{settings.rank}, max_pos_tokens {settings.max_pos_tokens}, q_low {settings.q_low}, q_high "
         f"{settings.q_high}, min_weight {settings.min_weight}.</p>",
     ]
@@ -394,6 +485,12 @@ def write_html(path: Path, groups: list[dict[str, Any]], settings: SubspaceSetti
         for negative in group["negatives"]:
             spans = []
             for position_, (token, weight) in enumerate(zip(negative["tokens"], negative["weights"], strict=True)):
+                if weight is None:  # a tool turn's token: read by the model, not its own
+                    spans.append(
+                        f"<span class='tok tool' title='tool output: not the model&#39;s token, no weight, not in "
+                        f"the subspace'>{html.escape(token)}</span>"
+                    )
+                    continue
                 energy = "" if negative["energy"] is None else f", energy {negative['energy'][position_]:.4g}"
                 diverges = position_ == negative["divergence"]
                 note = ", divergence token" if diverges else ""
@@ -442,7 +539,7 @@ def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettin
             labels.append(f"neg {index}")
             cells = zip(negative["tokens"][:PNG_TOKENS], negative["weights"][:PNG_TOKENS], strict=False)
             for column, (token, weight) in enumerate(cells):
-                colour = _colour(weight, settings.min_weight)
+                colour = (0.88, 0.88, 0.88) if weight is None else _colour(weight, settings.min_weight)
                 tokens_axis.add_patch(plt.Rectangle((column, row), 0.96, 0.9, color=colour))
                 if column == negative["divergence"]:
                     tokens_axis.add_patch(plt.Rectangle((column, row), 0.96, 0.9, fill=False, lw=1.6, ec="k"))
@@ -460,7 +557,7 @@ def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettin
             f"{len(group['negatives'])} negative)"
         )
         tokens_axis.set_title(title, fontsize=9, loc="left")
-        energies = [e for n in group["negatives"] if n["energy"] is not None for e in n["energy"]]
+        energies = [e for n in group["negatives"] if n["energy"] is not None for e in n["energy"] if e is not None]
         if energies and group["bounds"] is not None:
             energy_axis.hist(energies, bins=20, color="0.6")
             low, high = group["bounds"]
@@ -479,7 +576,7 @@ def write_png(path: Path, groups: list[dict[str, Any]], settings: SubspaceSettin
     bar = figure.colorbar(mappable, ax=axes[:, 0].tolist(), orientation="horizontal", fraction=0.03, aspect=60)
     bar.set_label(
         "weight on the negative advantage: 1 = full penalty, low = spared (close to the positives' subspace); "
-        "outlined: the divergence token"
+        "outlined: the divergence token; grey: tool output (not the model's tokens, no weight)"
     )
     mixed = sum(g["bounds"] is not None for g in groups)
     reading = "the state before each token" if position == "previous" else "each token's own state"
@@ -515,18 +612,35 @@ def inspect(
 ) -> list[dict[str, Any]]:
     """Sample, weight and write ``inspect.html``, ``inspect.png`` and ``weights.json``, one group at a time (only
     one group's hidden states are held); returns the groups shown."""
-    settings = settings or SubspaceSettings()
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    shown: list[dict[str, Any]] = []
     sampled = iter_groups(
         model, tokenizer, prompts, solutions, reward, num_generations=num_generations, max_tokens=max_tokens,
         temperature=temperature, seed=seed, hidden_layer=hidden_layer, weight_position=weight_position,
     )  # fmt: skip
+    return write_inspection(
+        sampled, tokenizer, output_dir, settings or SubspaceSettings(), weight_position, positive_threshold, seed,
+        total=len(prompts) if progress else None,
+    )  # fmt: skip
+
+
+def write_inspection(
+    sampled: Iterable[SampledGroups],
+    tokenizer: Any,
+    output_dir: str | Path,
+    settings: SubspaceSettings,
+    weight_position: str = "previous",
+    positive_threshold: float = 0.0,
+    seed: int = 0,
+    total: int | None = None,
+) -> list[dict[str, Any]]:
+    """Weight each sampled group (of :func:`iter_groups` or :func:`iter_agent_groups`) as it comes and write
+    ``inspect.html``, ``inspect.png`` and ``weights.json``; says how far it got when given the ``total``."""
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    shown: list[dict[str, Any]] = []
     for index, group in enumerate(sampled):
         shown += _group_rows(group, inspect_weights(group, settings, positive_threshold, seed), tokenizer)
-        if progress:
-            print(f"group {index + 1} of {len(prompts)} sampled and weighted", flush=True)
+        if total is not None:
+            print(f"group {index + 1} of {total} sampled and weighted", flush=True)
     write_html(output / HTML_FILE, shown, settings, weight_position)
     write_png(output / PNG_FILE, shown, settings, weight_position)
     summary = {"settings": vars(settings), "weight_position": weight_position, "groups": shown}
@@ -541,7 +655,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="Hub id or folder (default: the embedded SmolLM2-135M)")
     parser.add_argument("--gguf_file", default=None)
     parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder to apply")
-    parser.add_argument("--dataset", default="arithmetic", help="'arithmetic', or a .parquet/.json/.jsonl file")
+    parser.add_argument(
+        "--dataset",
+        default="arithmetic",
+        help="'arithmetic', a .parquet/.json/.jsonl file, or an agent dataset (files_demo, bfcl_multi_turn_base, "
+        "text_games, ...: multi-turn rollouts in their environments)",
+    )
+    parser.add_argument("--max_turns", type=int, default=2, help="agent datasets: replies that may call tools")
     parser.add_argument("--split", default="test")
     parser.add_argument("--num_prompts", type=int, default=6)
     parser.add_argument("--num_generations", type=int, default=8)
@@ -564,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .agent_tasks import AGENT_DATASETS, environment_factories, load_agent_tasks
     from .data import load_math_dataset
     from .models import load_model_and_tokenizer
     from .rewards import math_reward
@@ -575,8 +696,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as error:
         raise SystemExit(f"resrl-inspect: {error}") from None
-    dataset = load_math_dataset(opts.dataset, opts.split, seed=opts.seed)
-    dataset = dataset.select(range(min(opts.num_prompts, len(dataset))))
     model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file)
     if opts.adapter is not None:
         from peft import PeftModel
@@ -587,12 +706,29 @@ def main(argv: list[str] | None = None) -> None:
         decoder_layer_for_hidden_state(model, opts.hidden_layer)
     except ValueError as error:
         raise SystemExit(f"resrl-inspect: {error}") from None
-    shown = inspect(
-        model, tokenizer, dataset["prompt"], dataset["solution"], math_reward, opts.output_dir, settings,
-        num_generations=opts.num_generations, max_tokens=opts.max_tokens, temperature=opts.temperature,
-        seed=opts.seed, hidden_layer=opts.hidden_layer, weight_position=opts.weight_position,
-        positive_threshold=opts.positive_threshold, progress=True,
-    )  # fmt: skip
+    sampling = {
+        "num_generations": opts.num_generations, "max_tokens": opts.max_tokens, "temperature": opts.temperature,
+        "seed": opts.seed, "hidden_layer": opts.hidden_layer, "weight_position": opts.weight_position,
+    }  # fmt: skip
+    if opts.dataset in AGENT_DATASETS:
+        from .tool_chat import add_tool_calling
+
+        tasks = load_agent_tasks(opts.dataset, opts.split, opts.seed, opts.num_prompts)
+        rows = [tasks[i] for i in range(min(opts.num_prompts, len(tasks)))]
+        tokenizer = add_tool_calling(tokenizer)
+        factories = environment_factories(tasks)
+        sampled = iter_agent_groups(model, tokenizer, rows, factories, max_turns=opts.max_turns, **sampling)
+        shown = write_inspection(
+            sampled, tokenizer, opts.output_dir, settings, opts.weight_position, opts.positive_threshold, opts.seed,
+            total=len(rows),
+        )  # fmt: skip
+    else:
+        dataset = load_math_dataset(opts.dataset, opts.split, seed=opts.seed)
+        dataset = dataset.select(range(min(opts.num_prompts, len(dataset))))
+        shown = inspect(
+            model, tokenizer, dataset["prompt"], dataset["solution"], math_reward, opts.output_dir, settings,
+            positive_threshold=opts.positive_threshold, progress=True, **sampling,
+        )  # fmt: skip
     weighted = sum(g["bounds"] is not None for g in shown)
     output = Path(opts.output_dir)
     print(f"{weighted} of {len(shown)} groups got token weights; wrote {output / HTML_FILE} and {output / PNG_FILE}")
