@@ -123,7 +123,11 @@ def score_rollout(environment: ToolEnvironment, messages: list[dict[str, Any]]) 
     assistant = [m for m in messages if m.get("role") == "assistant"]
     if any(TOOL_CALL_OPEN in (m.get("content") or "") for m in assistant):
         return 0.0, "malformed_call"
-    if count_tool_calls(messages) != len(environment.calls):
+    made = count_tool_calls(messages)
+    # A loop cut by the turn bound leaves the last reply's calls unrun (unfinished, below); any other call that
+    # never reached the environment is invalid.
+    pending = len(assistant[-1].get("tool_calls") or []) if assistant else 0
+    if len(environment.calls) not in (made, made - pending):
         return 0.0, "invalid_call"
     if environment.timed_out:
         return 0.0, "time_limit"
