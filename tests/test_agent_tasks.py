@@ -54,9 +54,11 @@ DEMO_ENVIRONMENT = "GorillaFileSystem:ls,cd,mkdir,touch"
 
 
 def chatml_tokenizer() -> PreTrainedTokenizerFast:
-    """The tests' character-level tokenizer with ChatML's turn markers and SmolLM2's template."""
+    """The tests' character-level tokenizer with ChatML's turn markers and SmolLM2's template (whose end-of-turn
+    token, <|im_end|>, is SmolLM2-Instruct's eos token too)."""
     tokenizer = make_tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
     tokenizer.chat_template = SMOLLM_TEMPLATE
     return tokenizer
 
@@ -650,11 +652,14 @@ def test_run_tool_calls_refuses_unknown_tools_and_misfit_arguments(demo_rows: li
 def test_run_rollouts_plays_a_call_then_an_answer(tool_tokenizer: PreTrainedTokenizerFast) -> None:
     """run_rollouts runs each rollout's calls in its own environment and lets the model answer: a reply with the
     right call, then one without, is a right two-turn rollout; its record carries the conversation, correct, fault
-    and calls made."""
+    and calls made, and its completion ids are the replies with the tool turn between them (tool_mask 0), as the
+    whole conversation renders."""
     row = next(r for r in load_agent_tasks("files_demo", "test", 0, 40) if len(json.loads(r["task"])["target"]) == 1)
     name, args, kwargs = parse_call(json.loads(row["task"])["target"][0])
     assert not args
-    generator = ScriptedGenerator(tool_tokenizer, [reply_text([(name, kwargs)]), "Done.<|im_end|>"])
+    replies = [reply_text([(name, kwargs)]), "Done.<|im_end|>"]
+    first, last = (tool_tokenizer.encode(r, add_special_tokens=False) for r in replies)
+    generator = ScriptedGenerator(tool_tokenizer, replies)
     factory = environment_factories(Dataset.from_list([row]))[row["environment"]]
     environments = [factory(), factory()]
     records = run_rollouts(generator, tool_tokenizer, row, environments, max_turns=3, max_tokens=2000, seed=0)
@@ -666,7 +671,17 @@ def test_run_rollouts_plays_a_call_then_an_answer(tool_tokenizer: PreTrainedToke
         assert roles == ["assistant", "tool", "assistant"]
         assert record["messages"][0]["tool_calls"] == [call(name, kwargs)]
         assert record["messages"][-1]["content"] == "Done."
-        assert 0 < record["completion_tokens"] <= 2000
+        completion, mask = record["completion_ids"], record["tool_mask"]
+        assert record["completion_tokens"] == len(completion) == len(mask) <= 2000
+        assert completion[: len(first)] == first and completion[-len(last) :] == last
+        tool_turn = len(completion) - len(first) - len(last)
+        assert mask == [1] * len(first) + [0] * tool_turn + [1] * len(last)
+        suffix = tool_tokenizer.decode(completion[len(first) : len(first) + tool_turn])
+        assert suffix.startswith("\n<|im_start|>tool\n") and suffix.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        rendered = tool_tokenizer.apply_chat_template(
+            row["prompt"] + record["messages"], tools=environment_tools(environment), tokenize=True, return_dict=False
+        )
+        assert list(rendered[: len(record["prompt_ids"]) + len(completion)]) == record["prompt_ids"] + completion
 
 
 @requires_bfcl
