@@ -38,7 +38,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from resrl_trl.agent_env import ToolEnvironment
+from resrl_trl.agent_env import CallTimeout, ToolEnvironment
 
 __all__ = [
     "API_MODULES",
@@ -141,6 +141,8 @@ class APIWorld:
             return f"Error during execution: no function named {name}"
         try:
             return format_result(self.methods[name](*args, **(kwargs or {})))
+        except CallTimeout:  # the time limit's signal: the environment ends the rollout, the API does not answer
+            raise
         except Exception as error:
             return f"Error during execution: {error}"
 
