@@ -1,5 +1,6 @@
-"""A Markdown report of ``resrl-eval`` code evaluations: one table of Avg@n and Pass@k (with 95% bootstrap intervals
-over problems), program diversity and fault counts per ``summary.json``, then what the samples' programs did.
+"""A Markdown report of ``resrl-eval`` code evaluations or ``resrl-agent-eval`` runs: one table of Avg@n and Pass@k
+(with 95% bootstrap intervals over problems), program diversity (code) or tool calls per rollout (agents) per
+``summary.json``, then what ended the samples.
 
     resrl-eval --dataset humaneval --max_problems 16 --num_samples 4 --max_tokens 256 --output_dir eval/humaneval-base
     python benchmarks/code_eval_report.py eval/humaneval-base eval/codeio-base
@@ -33,16 +34,20 @@ def metrics_table(folders: list[Path]) -> str:
     summaries = [json.loads((folder / "summary.json").read_text()) for folder in folders]
     for folder, summary in zip(folders, summaries, strict=True):
         if "faults" not in summary:
-            raise SystemExit(f"{folder}: not a code evaluation (its summary has no fault counts; see resrl-plot)")
+            raise SystemExit(f"{folder}: not a code or agent evaluation (its summary has no fault counts)")
     ks = sorted({int(k) for s in summaries for k in s["pass@k"]})
     header = ["run", "dataset", "problems x n", "Avg@n"] + [f"Pass@{k}" for k in ks]
-    header += ["distinct programs", "distinct-2"]
+    agent = "tool_calls_per_rollout" in summaries[0]
+    header += ["calls per rollout", "rollouts with calls"] if agent else ["distinct programs", "distinct-2"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for folder, s in zip(folders, summaries, strict=True):
         n = s["num_samples"]
         row = [folder.name, str(s["settings"]["dataset"]), f"{s['num_problems']} x {n}", _cell(s[f"avg@{n}"])]
         row += [_cell(s["pass@k"][str(k)]) if str(k) in s["pass@k"] else "" for k in ks]
-        row += [_cell(s["diversity"]["distinct_programs"], 1, 2), _cell(s["diversity"]["distinct_2"], 1, 3)]
+        if agent:
+            row += [f"{s['tool_calls_per_rollout']:.2f}", f"{100 * s['rollouts_with_calls']:.0f}%"]
+        else:
+            row += [_cell(s["diversity"]["distinct_programs"], 1, 2), _cell(s["diversity"]["distinct_2"], 1, 3)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -127,3 +127,17 @@ def test_a_bad_setting_is_one_message(flags, message):
     parts = result.stderr.split("recipes/agent.py: error:")
     assert len(parts) == 2 and message in parts[1] and parts[1].strip().count("\n") == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_text_games_train_through_the_same_recipe(model_dir, tmp_path, monkeypatch):
+    """--dataset_name text_games builds TextWorld games here (cached) and trains a step in them: one tool, act."""
+    monkeypatch.setenv("RESRL_TRL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    args = recipe.parse_args(small_run(model_dir, out, "--dataset_name", "text_games", "--num_tasks", "1"))
+    trainer = recipe.setup(*args)
+    assert list(trainer.environment_factories) == ["text_game"]
+    assert [t.__name__ for t in trainer._env_tools["text_game"]] == ["act"]
+    assert "Objective:" in trainer.train_dataset[0]["prompt"][-1]["content"]
+    trainer.train()
+    steps = [h for h in trainer.state.log_history if "loss" in h]
+    assert steps and steps[0]["rewards/agent_reward/mean"] == 0.0
