@@ -38,7 +38,7 @@ from .agent_env import FAULTS, ToolEnvironment, count_tool_calls, score_rollout
 from .agent_tasks import AGENT_DATASETS, environment_factories, load_agent_tasks
 from .evaluation import VLLMSampler, _check_resume, _read_samples, choose_backend
 from .metrics import summarize
-from .models import load_model_and_tokenizer, plain_model_folder
+from .models import load_policy_for_sampling, plain_model_folder
 from .tool_chat import add_tool_calling
 
 __all__ = ["build_parser", "evaluate", "main", "run_rollouts"]
@@ -237,14 +237,8 @@ def _load_generator(opts: argparse.Namespace) -> tuple[Any, Any]:
         generator = VLLMGenerator(opts)
         tokenizer = AutoTokenizer.from_pretrained(plain_model_folder(opts.model, opts.gguf_file))
         return generator, add_tool_calling(tokenizer)
-    model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file, dtype=opts.dtype)
-    tokenizer = add_tool_calling(tokenizer)
-    if opts.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, opts.adapter)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return TransformersGenerator(model.to(device), tokenizer, opts), tokenizer
+    model, tokenizer = load_policy_for_sampling(opts.model, opts.gguf_file, opts.adapter, opts.dtype)
+    return TransformersGenerator(model, add_tool_calling(tokenizer), opts), tokenizer
 
 
 def evaluate(opts: argparse.Namespace) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .data import ANSWER_COLUMNS, ARITHMETIC, load_math_dataset, load_rows
 from .metrics import pass_at_k, summarize
-from .models import load_model_and_tokenizer, plain_model_folder
+from .models import load_policy_for_sampling, plain_model_folder
 from .rewards import math_reward
 
 __all__ = ["UsageError", "evaluate", "main", "pass_at_k", "resolve_task", "summarize_code"]
@@ -388,13 +388,8 @@ def evaluate(opts: argparse.Namespace) -> dict[str, Any]:
         if backend == "vllm":
             sampler: Any = VLLMSampler(opts)
         else:
-            model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file, dtype=opts.dtype)
-            if opts.adapter is not None:
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, opts.adapter)
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            sampler = TransformersSampler(model.to(device), tokenizer, opts)
+            model, tokenizer = load_policy_for_sampling(opts.model, opts.gguf_file, opts.adapter, opts.dtype)
+            sampler = TransformersSampler(model, tokenizer, opts)
         try:
             _sample_and_score(dataset, todo, have, sampler, scorer, samples_path, records, opts)
         finally:

@@ -686,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from .agent_tasks import AGENT_DATASETS, environment_factories, load_agent_tasks
     from .data import load_math_dataset
-    from .models import load_model_and_tokenizer
+    from .models import load_policy_for_sampling
     from .rewards import math_reward
 
     opts = build_parser().parse_args(argv)
@@ -696,12 +696,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as error:
         raise SystemExit(f"resrl-inspect: {error}") from None
-    model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file)
-    if opts.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, opts.adapter)
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model, tokenizer = load_policy_for_sampling(opts.model, opts.gguf_file, opts.adapter)
     try:  # the same check training makes: the layer must be a decoder block's output
         decoder_layer_for_hidden_state(model, opts.hidden_layer)
     except ValueError as error:

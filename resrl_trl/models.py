@@ -73,6 +73,22 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def load_policy_for_sampling(
+    model_name_or_path: str | None = None,
+    gguf_file: str | None = None,
+    adapter: str | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """:func:`load_model_and_tokenizer`, with a PEFT ``adapter`` folder applied when given, on the GPU when there is
+    one, in eval mode: the policy the evaluation and inspection commands sample from."""
+    model, tokenizer = load_model_and_tokenizer(model_name_or_path, gguf_file, dtype=dtype)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+
+
 def _file_key(folder: str, gguf_file: str) -> str:
     """A short key of a GGUF file's identity (where it lies, its size and modification time), so that two GGUFs of
     the same name, or a file replaced in place, are never served from each other's export."""
