@@ -149,3 +149,23 @@ def test_vllm_lora_rank_and_backend_choice(tmp_path):
         assert choose_backend("auto") == ("transformers", "vLLM is not installed")
         with pytest.raises(RuntimeError, match="--backend vllm needs vLLM"):
             choose_backend("vllm")
+
+
+def test_problems_sampled_together_resume_to_the_same_draws(tmp_path, tiny_model_dir):
+    """--problems_per_call draws fixed chunks of problems in one call: an interrupted run, resumed, holds exactly
+    the samples of an uninterrupted one, and a run with another value is refused as other settings."""
+    dataset = tmp_path / "problems.jsonl"
+    dataset.write_text("".join(json.dumps({"problem": f"{i}+{i}?", "answer": str(2 * i)}) + "\n" for i in range(5)))
+    whole, _ = run_eval(tiny_model_dir, str(dataset), tmp_path / "whole", 3, problems_per_call=2, max_problems=5)
+    assert sorted((r["problem_id"], r["sample_index"]) for r in whole) == [
+        (str(p), k) for p in range(5) for k in range(3)
+    ]
+    out = tmp_path / "cut"
+    run_eval(tiny_model_dir, str(dataset), out, 3, problems_per_call=2, max_problems=5)
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text("\n".join(lines[:4]) + "\n")  # problem 1 lost two of its samples
+    resumed, _ = run_eval(tiny_model_dir, str(dataset), out, 3, problems_per_call=2, max_problems=5)
+    key = lambda r: (r["problem_id"], r["sample_index"])  # noqa: E731
+    assert sorted(resumed, key=key) == sorted(whole, key=key)
+    with pytest.raises(ValueError, match="other settings"):
+        run_eval(tiny_model_dir, str(dataset), out, 3, problems_per_call=3, max_problems=5)
