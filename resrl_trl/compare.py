@@ -1,9 +1,9 @@
 """``resrl-compare``: train methods x seeds through a recipe, evaluate every run the same way, and compare them in
 pairs, with the comparisons, metrics and effect of interest fixed in a plan before anything runs.
 
-    resrl-compare run --plan recipes/configs/compare_arithmetic.yaml --output_dir studies/arithmetic
-    resrl-compare run --plan recipes/configs/compare_arithmetic.yaml --output_dir studies/arithmetic --seeds 5 6
-    resrl-compare report --output_dir studies/arithmetic
+    resrl-compare run --plan recipes/studies/arithmetic_cpu.yaml --output_dir outputs/study_arithmetic
+    resrl-compare run --plan recipes/studies/arithmetic_cpu.yaml --output_dir outputs/study_arithmetic --seeds 5 6
+    resrl-compare report --output_dir outputs/study_arithmetic
 
 The plan (a YAML file) names the recipe and its config, the arms (each a set of recipe settings, e.g.
 ``{advantage_mode: nsr}``), the comparisons (pairs of arms), the evaluations (``resrl-eval`` settings), the primary
@@ -256,7 +256,7 @@ def evaluate_run(plan: Plan, name: str, model: dict[str, str | None], out: Path)
         if value is not None:
             flags += [f"--{key}", value]
     for key, value in plan.evaluations[name].items():
-        flags += [f"--{key}", str(value)]
+        flags += [f"--{key}", json.dumps(value) if isinstance(value, dict | list) else str(value)]
     return evaluate(build_parser().parse_args(flags))
 
 
