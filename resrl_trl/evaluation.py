@@ -55,10 +55,11 @@ SAMPLING_KEYS = (
     "max_tokens",
     "seed",
     "problems_per_call",
+    "chat_template_kwargs",
 )
 # What a setting absent from an older run's eval_config.json meant then (before --task, every run was maths; before
-# --problems_per_call, every problem was sampled on its own).
-SETTING_DEFAULTS = {"task": "math", "problems_per_call": 1}
+# --problems_per_call, every problem was sampled on its own; before --chat_template_kwargs, the template's defaults).
+SETTING_DEFAULTS = {"task": "math", "problems_per_call": 1, "chat_template_kwargs": None}
 
 
 class UsageError(ValueError):
@@ -232,6 +233,11 @@ def summarize_code(records: list[dict[str, Any]], seed: int = 0) -> dict[str, An
     return summary
 
 
+def template_kwargs(opts: argparse.Namespace) -> dict[str, Any]:
+    """Extra arguments of the chat template (``--chat_template_kwargs``, e.g. Qwen3's ``enable_thinking``)."""
+    return getattr(opts, "chat_template_kwargs", None) or {}
+
+
 class TransformersSampler:
     """Batched sampling with ``model.generate``; each (problem, first sample) chunk has its own seed. A LoRA adapter
     is merged into the weights first (the same policy, about a fifth faster to sample on a CPU)."""
@@ -245,7 +251,7 @@ class TransformersSampler:
     def sample(self, prompt: list[dict[str, str]], problem_index: int, first: int, count: int) -> list[str]:
         opts = self.opts
         encoded = self.tokenizer.apply_chat_template(
-            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True, **template_kwargs(opts)
         ).to(self.model.device)
         texts = []
         for start in range(first, first + count, opts.batch_size):
@@ -269,7 +275,10 @@ class TransformersSampler:
         """``count`` samples of each prompt from one ``generate`` call over all of them (left-padded), seeded by the
         first problem's index: the same chunk of problems always gets the same random stream."""
         opts = self.opts
-        texts = [self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        texts = [
+            self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False, **template_kwargs(opts))
+            for p in prompts
+        ]
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         torch.manual_seed(opts.seed * 1_000_003 + indices[0] * 10_007)
         output = self.model.generate(
@@ -316,7 +325,9 @@ class VLLMSampler:
             max_tokens=opts.max_tokens,
             seed=opts.seed * 1_000_003 + problem_index * 10_007 + first,
         )
-        outputs = self.llm.chat([prompt], params, lora_request=self.lora, use_tqdm=False)
+        outputs = self.llm.chat(
+            [prompt], params, lora_request=self.lora, use_tqdm=False, chat_template_kwargs=template_kwargs(opts)
+        )
         return [choice.text for choice in outputs[0].outputs]
 
     def sample_many(self, prompts: list[list[dict[str, str]]], indices: list[int], count: int) -> list[list[str]]:
@@ -335,7 +346,9 @@ class VLLMSampler:
             )
             for index in indices
         ]
-        outputs = self.llm.chat(prompts, params, lora_request=self.lora, use_tqdm=False)
+        outputs = self.llm.chat(
+            prompts, params, lora_request=self.lora, use_tqdm=False, chat_template_kwargs=template_kwargs(opts)
+        )
         return [[choice.text for choice in output.outputs] for output in outputs]
 
 
@@ -550,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="how samples are scored: maths answers, or programs run against tests in the sandbox (auto: from "
         "--dataset)",
+    )
+    parser.add_argument(
+        "--chat_template_kwargs",
+        type=json.loads,
+        default=None,
+        help="JSON arguments of the chat template, as training passed them, e.g. '{\"enable_thinking\": false}'",
     )
     parser.add_argument("--num_samples", type=int, default=16, help="samples per problem (n)")
     parser.add_argument("--temperature", type=float, default=0.6)
