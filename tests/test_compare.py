@@ -185,3 +185,39 @@ def test_a_study_runs_pairs_resumes_and_reports(tmp_path, tokenizer, monkeypatch
     capsys.readouterr()
     main(["report", "--output_dir", str(out), "--effect", "5"])
     assert "power for 5 now" in capsys.readouterr().out
+
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.mark.parametrize("name", ["arithmetic_cpu.yaml", "qwen3_4b_math.yaml"])
+def test_shipped_plans_load_and_every_arm_parses_with_the_recipe(name, tmp_path, monkeypatch):
+    """Each shipped plan passes the checks, and every arm's config (recipe config + recipe_args + arm) is one the
+    recipe's own parser accepts, with the reference's loss settings and only the arm's settings differing."""
+    from resrl_trl.recipes import math_recipe
+
+    monkeypatch.chdir(REPO)
+    plan = load_plan(REPO / "recipes" / "studies" / name)
+    assert plan.comparisons and all(pair[0] == "resrl" for pair in plan.comparisons)
+    parsed = {}
+    for arm, settings in plan.arms.items():
+        config = yaml.safe_load(Path(plan.recipe_config).read_text()) | plan.recipe_args | settings
+        path = tmp_path / f"{arm}.yaml"
+        path.write_text(yaml.safe_dump(config | {"output_dir": str(tmp_path / arm)}))
+        # --use_cpu: the paper-scale config asks for bf16, which the parser checks against this machine
+        parsed[arm] = math_recipe.parse_args(["--config", str(path), "--use_cpu", "true"])[1]
+    for args in parsed.values():
+        assert (args.loss_type, args.delta, args.epsilon, args.num_generations, args.beta) == (
+            "bnpo",
+            3.0,
+            0.2,
+            4,
+            0.0,
+        )
+    assert parsed["resrl_own_position"].resrl_weight_position == "own"
+    assert parsed["nsr"].advantage_mode == "nsr" and parsed["resrl"].resrl_weight_position == "previous"
+    if name.startswith("qwen3") and SHARED_DATA.exists():
+        datasets = [plan.recipe_args["dataset_name"], *(e["dataset"] for e in plan.evaluations.values())]
+        assert all(Path(d).is_file() for d in datasets), datasets
+        assert all(e["chat_template_kwargs"] == {"enable_thinking": False} for e in plan.evaluations.values())
