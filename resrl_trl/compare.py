@@ -235,9 +235,11 @@ LOGGED = ("step", "reward", "reward_std", "frac_reward_zero_std", "resrl/mixed_g
 def train_with_launcher(plan: Plan, config_path: Path, train_dir: Path, launcher: str) -> dict[str, Any]:
     """Train one run as ``<launcher> recipes/<recipe>.py --config <run config>`` (e.g. ``accelerate launch
     --config_file recipes/accelerate/zero3.yaml``), resuming from the run's last checkpoint if it has one."""
-    script = Path(__file__).resolve().parents[1] / "recipes" / f"{plan.recipe}.py"
+    from .recipes import code_recipe, math_recipe
+
+    script = {"math": math_recipe, "code": code_recipe}[plan.recipe].__file__
     checkpoint = _last_checkpoint(train_dir)
-    command = [*shlex.split(launcher), str(script), "--config", str(config_path)]
+    command = [*shlex.split(launcher), script, "--config", str(config_path)]
     if checkpoint:
         command += ["--resume_from_checkpoint", checkpoint]
     start = time.perf_counter()
@@ -246,10 +248,13 @@ def train_with_launcher(plan: Plan, config_path: Path, train_dir: Path, launcher
     return {"initial_fingerprint": None, "resumed_from": checkpoint, "train_seconds": time.perf_counter() - start}
 
 
-def evaluate_run(plan: Plan, name: str, model: dict[str, str | None], out: Path) -> dict[str, Any]:
+def evaluate_run(
+    plan: Plan, name: str, model: dict[str, str | None], out: Path, in_process: bool = True
+) -> dict[str, Any]:
     """One of the plan's evaluations of ``model`` (``model``/``gguf_file``/``adapter`` flags of resrl-eval) with
-    resrl-eval; it resumes where it stopped."""
-    from .evaluation import build_parser, evaluate
+    resrl-eval, in this process or (``in_process=False``, beside a launcher on GPUs, so that vLLM's memory is given
+    back before the next training) in a subprocess; it resumes where it stopped."""
+    from .evaluation import SUMMARY_FILE, build_parser, evaluate
 
     flags = ["--output_dir", str(out), "--quiet"]
     for key, value in model.items():
@@ -257,7 +262,12 @@ def evaluate_run(plan: Plan, name: str, model: dict[str, str | None], out: Path)
             flags += [f"--{key}", value]
     for key, value in plan.evaluations[name].items():
         flags += [f"--{key}", json.dumps(value) if isinstance(value, dict | list) else str(value)]
-    return evaluate(build_parser().parse_args(flags))
+    if in_process:
+        return evaluate(build_parser().parse_args(flags))
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "eval.log").open("a") as log:
+        subprocess.run([sys.executable, "-m", "resrl_trl.evaluation", *flags], check=True, stdout=log, stderr=log)
+    return json.loads((out / SUMMARY_FILE).read_text())
 
 
 def base_model_of(plan: Plan) -> tuple[str | None, str | None]:
@@ -311,7 +321,8 @@ def run_one(plan: Plan, output_dir: Path, arm: str, seed: int | None, opts: argp
     record["summaries"] = {}
     for name in plan.evaluations:
         bar.set_description(f"{arm} seed {seed}: evaluating {name}" if seed is not None else f"{arm}: {name}")
-        record["summaries"][name] = evaluate_run(plan, name, model, run_dir / "eval" / name)
+        out = run_dir / "eval" / name
+        record["summaries"][name] = evaluate_run(plan, name, model, out, in_process=opts.launcher is None)
     record["eval_seconds"] = time.perf_counter() - start
     record["done"] = True
     record_path.write_text(json.dumps(record, indent=1))
@@ -348,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--launcher",
         default=None,
         help="train each run in a subprocess started with this command, e.g. 'accelerate launch --config_file "
-        "recipes/accelerate/zero3.yaml' (default: in this process)",
+        "recipes/accelerate/zero3.yaml', and evaluate it in another (default: both in this process)",
     )
     run.add_argument("--threads", type=int, default=torch_threads(), help="CPU threads for torch in this process")
     run.add_argument("--quiet", action="store_true", help="no progress bar")

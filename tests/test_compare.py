@@ -221,3 +221,21 @@ def test_shipped_plans_load_and_every_arm_parses_with_the_recipe(name, tmp_path,
         datasets = [plan.recipe_args["dataset_name"], *(e["dataset"] for e in plan.evaluations.values())]
         assert all(Path(d).is_file() for d in datasets), datasets
         assert all(e["chat_template_kwargs"] == {"enable_thinking": False} for e in plan.evaluations.values())
+
+
+def test_a_launcher_trains_and_evaluates_each_run_in_subprocesses(tmp_path, tokenizer, monkeypatch, capsys):
+    """--launcher (on GPUs: accelerate launch) runs the recipe's own script per training and resrl-eval per
+    evaluation; the runs are the same pairs, with the logs beside them."""
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    plan = write_plan(tmp_path, tokenizer, seeds=[0], evaluate_base=False)
+    out = tmp_path / "study"
+    main(["run", "--plan", str(plan), "--output_dir", str(out), "--quiet", "--launcher", sys.executable])
+    for arm in ("resrl", "nsr"):
+        run_dir = out / "runs" / arm / "seed0"
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["done"] and (run_dir / "train" / "adapter_config.json").is_file()
+        assert "model saved to" in (run_dir / "train.log").read_text()
+        assert (run_dir / "eval" / "toy" / "eval.log").exists() and record["summaries"]["toy"]["num_problems"] == 3
+    assert "resrl - nsr" in capsys.readouterr().out
