@@ -386,3 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"resrl-compare: {error}")
     print(text)
+
+
+if __name__ == "__main__":
+    main()

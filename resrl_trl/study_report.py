@@ -32,6 +32,7 @@ def collect(output_dir: Path) -> dict[str, Any]:
     values: dict[str, dict[int, dict[str, float]]] = {arm: {} for arm in plan["arms"]}
     base: dict[str, float] | None = None
     fingerprints: dict[int, dict[str, str | None]] = {}
+    logs: dict[str, dict[int, list[dict[str, float]]]] = {arm: {} for arm in plan["arms"]}
     seconds = {"train": 0.0, "eval": 0.0}
     for path in sorted(output_dir.glob("runs/*/*/run.json")):
         record = json.loads(path.read_text())
@@ -45,6 +46,7 @@ def collect(output_dir: Path) -> dict[str, Any]:
         if record["arm"] not in values:
             continue
         values[record["arm"]][record["seed"]] = row
+        logs[record["arm"]][record["seed"]] = record["trained"].get("logs", [])
         fingerprints.setdefault(record["seed"], {})[record["arm"]] = record["trained"].get("initial_fingerprint")
         seconds["train"] += record["trained"].get("train_seconds", 0.0)
     seeds = sorted(set.intersection(*(set(v) for v in values.values()))) if values else []
@@ -56,6 +58,7 @@ def collect(output_dir: Path) -> dict[str, Any]:
         "base": base,
         "seeds": seeds,
         "fingerprints": fingerprints,
+        "logs": logs,
         "seconds": seconds,
     }
 
@@ -174,6 +177,7 @@ def markdown(study: dict[str, Any], analysis: dict[str, Any]) -> str:
             f"| {row['a']} - {row['b']} | {_format(row['sd'])} | {power_text} | {needed_text} | "
             f"{_format(row['detectable'])} |"
         )
+    lines += training_signal(study)
     train_minutes, eval_minutes = study["seconds"]["train"] / 60, study["seconds"]["eval"] / 60
     lines += [
         "",
@@ -189,6 +193,41 @@ def markdown(study: dict[str, Any], analysis: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _mean_over_runs(runs: list[list[dict[str, float]]], key: str, last: int = 0) -> float:
+    """The mean over runs of each run's mean of ``key`` over its logged steps (its ``last`` steps when given)."""
+    per_run = [sum(entry[key] for entry in run[-last:]) / len(run[-last:]) for run in runs]
+    return sum(per_run) / len(per_run)
+
+
+def training_signal(study: dict[str, Any]) -> list[str]:
+    """Lines of a table of what each arm's training saw (means over the complete seeds): the mean reward over all
+    steps and over the last three, and the share of groups whose rewards differ (the only groups a group-normalised
+    advantage learns from). A study whose arms saw no mixed group compared nothing."""
+    rows = []
+    for arm, by_seed in study["logs"].items():
+        runs = [by_seed.get(seed, []) for seed in study["seeds"]]
+        if not runs or not all(runs):
+            continue
+        mixed = 1 - _mean_over_runs(runs, "frac_reward_zero_std")
+        rows.append(
+            f"| {arm} | {_mean_over_runs(runs, 'reward'):.3f} | {_mean_over_runs(runs, 'reward', 3):.3f} | "
+            f"{mixed:.2f} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Training signal",
+        "",
+        "Means over the complete seeds of each run's training logs: the mean reward over all steps and over the last "
+        "three, and the share of prompt groups with both a correct and a wrong completion.",
+        "",
+        "| arm | reward (all steps) | reward (last 3) | mixed groups |",
+        "| --- | ---: | ---: | ---: |",
+        *rows,
+    ]
 
 
 def plot_differences(study: dict[str, Any], analysis: dict[str, Any], path: Path) -> None:
@@ -240,7 +279,7 @@ def write_report(output_dir: Path, effect: float | None = None) -> str:
     analysis = analyse(study, effect)
     text = markdown(study, analysis)
     (output_dir / "report.md").write_text(text)
-    serialisable = {k: v for k, v in study.items() if k != "fingerprints"} | {"analysis": analysis}
+    serialisable = {k: v for k, v in study.items() if k not in ("fingerprints", "logs")} | {"analysis": analysis}
     (output_dir / "report.json").write_text(json.dumps(serialisable, indent=1, default=str))
     plot_differences(study, analysis, output_dir / "paired_differences.png")
     return text
