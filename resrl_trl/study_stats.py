@@ -86,7 +86,10 @@ def power(effect: float, sd: float, n: int, alpha: float = 0.05) -> float:
     df = n - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     noncentrality = abs(effect) / sd * math.sqrt(n)
-    return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df, noncentrality))
+    upper = float(stats.nct.sf(critical, df, noncentrality))
+    # The wrong-sign tail: SciPy returns NaN for it at large noncentrality, where it is below 1e-15.
+    lower = float(stats.nct.cdf(-critical, df, noncentrality))
+    return upper + (lower if math.isfinite(lower) else 0.0)
 
 
 def seeds_needed(effect: float, sd: float, alpha: float = 0.05, target: float = 0.8, limit: int = 100_000) -> int:

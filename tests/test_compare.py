@@ -40,6 +40,11 @@ def test_power_and_seeds_needed_match_the_textbook():
     assert power(0.5, 1.0, 34) >= 0.8 > power(0.5, 1.0, 33)
     assert detectable_effect(1.0, 34) == pytest.approx(0.4950, abs=1e-3)
     assert power(detectable_effect(3.0, 10, alpha=0.01), 3.0, 10, alpha=0.01) == pytest.approx(0.8, abs=1e-6)
+    # two seeds (one degree of freedom) at a Holm level: SciPy's tails are NaN far out, the answers are not
+    assert power(detectable_effect(2.0, 2, alpha=0.01), 2.0, 2, alpha=0.01) == pytest.approx(0.8, abs=1e-6)
+    assert power(400.0, 1.0, 6, alpha=0.01) == 1.0
+    needed = seeds_needed(10.0, 9.0, alpha=0.01)
+    assert power(10.0, 9.0, needed, alpha=0.01) >= 0.8 > power(10.0, 9.0, needed - 1, alpha=0.01)
 
 
 def write_plan(tmp_path: Path, tokenizer, **changes) -> Path:
