@@ -243,11 +243,17 @@ def plot_differences(study: dict[str, Any], analysis: dict[str, Any], path: Path
     )
     for ax, metric in zip(axes[0], metrics, strict=True):
         rows = analysis["tests"][metric]
+        points = [v for row in rows for v in (*row["differences"], row["mean"])] + [0.0]
+        span = (max(points) - min(points)) or 1.0
+        left, right = min(points) - 0.35 * span, max(points) + 0.35 * span  # intervals past these get an arrow
         for y, row in enumerate(rows):
-            ax.scatter(row["differences"], [y] * len(row["differences"]), s=14, color="0.6", zorder=2)
             colour = "tab:red" if row["significant"] else "tab:blue"
+            ax.scatter(row["differences"], [y + 0.22] * len(row["differences"]), s=14, color="0.45", zorder=2)
             if math.isfinite(row["low"]):
-                ax.plot([row["low"], row["high"]], [y, y], color=colour, linewidth=2.5, zorder=3)
+                ax.plot([max(row["low"], left), min(row["high"], right)], [y, y], color=colour, linewidth=2.5)
+                for end, edge, marker in ((row["low"], left, "<"), (row["high"], right, ">")):
+                    if (end < edge) if marker == "<" else (end > edge):
+                        ax.scatter([edge], [y], marker=marker, color=colour, s=40, zorder=3)
             ax.scatter([row["mean"]], [y], color=colour, s=40, zorder=4, marker="D")
             ax.annotate(
                 f"Holm p {_p(row['holm_p'])}",
@@ -258,12 +264,13 @@ def plot_differences(study: dict[str, Any], analysis: dict[str, Any], path: Path
                 va="center",
                 fontsize=8,
             )
+        ax.set_xlim(left, right)
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks(range(len(rows)), [f"{row['a']} - {row['b']}" for row in rows])
-        ax.invert_yaxis()
+        ax.set_ylim(len(rows) - 0.5, -0.5)
         primary = " (primary)" if metric == study["plan"]["primary_metric"] else ""
         ax.set_title(f"{metric}{primary}", fontsize=10)
-        ax.set_xlabel("A - B, per seed (grey) and mean with 95% CI")
+        ax.set_xlabel("A - B: per seed (grey), mean and 95% CI")
         ax.grid(axis="x", alpha=0.3)
     figure.suptitle(f"Paired differences over {len(study['seeds'])} seeds (red: significant after Holm)", fontsize=11)
     figure.tight_layout()
