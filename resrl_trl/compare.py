@@ -37,6 +37,7 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,6 +91,8 @@ class Plan:
 
 def load_plan(path: str | Path) -> Plan:
     """Read and check a plan: known keys, at least two arms, comparisons between arms, metrics of its evaluations."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"plan {path} not found: pass a plan YAML file (see recipes/studies/)")
     text = Path(path).read_text()
     raw = yaml.safe_load(text) or {}
     known = set(Plan.__dataclass_fields__)
@@ -262,10 +265,11 @@ def evaluate_run(
             flags += [f"--{key}", value]
     for key, value in plan.evaluations[name].items():
         flags += [f"--{key}", json.dumps(value) if isinstance(value, dict | list) else str(value)]
-    if in_process:
-        return evaluate(build_parser().parse_args(flags))
     out.mkdir(parents=True, exist_ok=True)
     with (out / "eval.log").open("a") as log:
+        if in_process:
+            with redirect_stdout(log), redirect_stderr(log):
+                return evaluate(build_parser().parse_args(flags))
         subprocess.run([sys.executable, "-m", "resrl_trl.evaluation", *flags], check=True, stdout=log, stderr=log)
     return json.loads((out / SUMMARY_FILE).read_text())
 
@@ -309,8 +313,9 @@ def run_one(plan: Plan, output_dir: Path, arm: str, seed: int | None, opts: argp
         bar.set_description(f"{arm} seed {seed}: training")
         if opts.launcher:
             record["trained"] = train_with_launcher(plan, config_path, train_dir, opts.launcher)
-        else:
-            record["trained"] = train_in_process(plan, config_path, train_dir)
+        else:  # the trainer's own printing goes to the run's log, the study's progress bar stays readable
+            with (run_dir / "train.log").open("a") as log, redirect_stdout(log), redirect_stderr(log):
+                record["trained"] = train_in_process(plan, config_path, train_dir)
         record_path.write_text(json.dumps(record, indent=1))
     model = {"model": base_model, "gguf_file": gguf_file}
     if arm != BASE and (train_dir / "adapter_config.json").exists():

@@ -144,6 +144,10 @@ def test_a_study_runs_pairs_resumes_and_reports(tmp_path, tokenizer, monkeypatch
     }
     assert sorted(records) == ["base/untrained", "nsr/seed0", "nsr/seed1", "resrl/seed0", "resrl/seed1"]
     assert all(r["done"] for r in records.values())
+    # what the trainer and resrl-eval print goes to each run's logs, not over the study's progress bar
+    assert "train_runtime" in (out / "runs/resrl/seed0/train.log").read_text()
+    assert "sampling with transformers" in (out / "runs/resrl/seed0/eval/toy/eval.log").read_text()
+    assert "train_runtime" not in capsys.readouterr().out
     # paired: per seed both arms start from the same adapter; different seeds start from different ones
     fingerprint = {k: r["trained"]["initial_fingerprint"] for k, r in records.items() if k != "base/untrained"}
     assert (
@@ -242,5 +246,6 @@ def test_a_launcher_trains_and_evaluates_each_run_in_subprocesses(tmp_path, toke
         record = json.loads((run_dir / "run.json").read_text())
         assert record["done"] and (run_dir / "train" / "adapter_config.json").is_file()
         assert "model saved to" in (run_dir / "train.log").read_text()
-        assert (run_dir / "eval" / "toy" / "eval.log").exists() and record["summaries"]["toy"]["num_problems"] == 3
+        assert "sampling with transformers" in (run_dir / "eval" / "toy" / "eval.log").read_text()
+        assert record["summaries"]["toy"]["num_problems"] == 3
     assert "resrl - nsr" in capsys.readouterr().out
