@@ -256,19 +256,24 @@ class TransformersSampler:
         texts = []
         for start in range(first, first + count, opts.batch_size):
             size = min(opts.batch_size, first + count - start)
-            torch.manual_seed(opts.seed * 1_000_003 + problem_index * 10_007 + start)
-            output = self.model.generate(
-                **encoded,
-                do_sample=True,
-                temperature=opts.temperature,
-                top_p=opts.top_p,
-                top_k=0,
-                max_new_tokens=opts.max_tokens,
-                num_return_sequences=size,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-            texts += self.tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+            texts += self._generate(encoded, size, opts.seed * 1_000_003 + problem_index * 10_007 + start)
         return texts
+
+    def _generate(self, encoded: Any, count: int, seed: int) -> list[str]:
+        """``count`` sampled continuations of each row of ``encoded`` (consecutive per row), from ``seed``."""
+        opts = self.opts
+        torch.manual_seed(seed)
+        output = self.model.generate(
+            **encoded,
+            do_sample=True,
+            temperature=opts.temperature,
+            top_p=opts.top_p,
+            top_k=0,
+            max_new_tokens=opts.max_tokens,
+            num_return_sequences=count,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return self.tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
 
     @torch.no_grad()
     def sample_many(self, prompts: list[list[dict[str, str]]], indices: list[int], count: int) -> list[list[str]]:
@@ -280,19 +285,8 @@ class TransformersSampler:
             for p in prompts
         ]
         encoded = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        torch.manual_seed(opts.seed * 1_000_003 + indices[0] * 10_007)
-        output = self.model.generate(
-            **encoded.to(self.model.device),
-            do_sample=True,
-            temperature=opts.temperature,
-            top_p=opts.top_p,
-            top_k=0,
-            max_new_tokens=opts.max_tokens,
-            num_return_sequences=count,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        decoded = self.tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [decoded[i * count : (i + 1) * count] for i in range(len(prompts))]  # generate repeats each prompt
+        decoded = self._generate(encoded.to(self.model.device), count, opts.seed * 1_000_003 + indices[0] * 10_007)
+        return [decoded[i * count : (i + 1) * count] for i in range(len(prompts))]
 
 
 class VLLMSampler:
@@ -314,17 +308,22 @@ class VLLMSampler:
 
             self.lora = LoRARequest("adapter", 1, opts.adapter)
 
-    def sample(self, prompt: list[dict[str, str]], problem_index: int, first: int, count: int) -> list[str]:
+    def _params(self, count: int, offset: int) -> Any:
+        """vLLM's sampling parameters for ``count`` samples, seeded by ``seed * 1_000_003 + offset``."""
         from vllm import SamplingParams
 
         opts = self.opts
-        params = SamplingParams(
+        return SamplingParams(
             n=count,
             temperature=opts.temperature,
             top_p=opts.top_p,
             max_tokens=opts.max_tokens,
-            seed=opts.seed * 1_000_003 + problem_index * 10_007 + first,
+            seed=opts.seed * 1_000_003 + offset,
         )
+
+    def sample(self, prompt: list[dict[str, str]], problem_index: int, first: int, count: int) -> list[str]:
+        opts = self.opts
+        params = self._params(count, problem_index * 10_007 + first)
         outputs = self.llm.chat(
             [prompt], params, lora_request=self.lora, use_tqdm=False, chat_template_kwargs=template_kwargs(opts)
         )
@@ -333,19 +332,8 @@ class VLLMSampler:
     def sample_many(self, prompts: list[list[dict[str, str]]], indices: list[int], count: int) -> list[list[str]]:
         """``count`` samples of each prompt in one call; each request keeps its problem's own seed, so the draws
         equal those of :meth:`sample` one problem at a time."""
-        from vllm import SamplingParams
-
         opts = self.opts
-        params = [
-            SamplingParams(
-                n=count,
-                temperature=opts.temperature,
-                top_p=opts.top_p,
-                max_tokens=opts.max_tokens,
-                seed=opts.seed * 1_000_003 + index * 10_007,
-            )
-            for index in indices
-        ]
+        params = [self._params(count, index * 10_007) for index in indices]
         outputs = self.llm.chat(
             prompts, params, lora_request=self.lora, use_tqdm=False, chat_template_kwargs=template_kwargs(opts)
         )
