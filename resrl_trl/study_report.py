@@ -95,9 +95,10 @@ def analyse(study: dict[str, Any], effect: float | None = None) -> dict[str, Any
                 "detectable": detectable_effect(sd, n, alpha_each, plan["power"]) if known else math.inf,
             }
         )
-    paired = all(
-        len({f for f in by_arm.values() if f not in (None, "full")}) <= 1 for by_arm in study["fingerprints"].values()
-    )
+    # True: every seed's adapters match; False: some differ; None: none was fingerprinted (trained under a launcher,
+    # or full fine-tuning, where every arm starts from the base model)
+    seen = [{f for f in by_arm.values() if f not in (None, "full")} for by_arm in study["fingerprints"].values()]
+    paired = None if not any(seen) else all(len(fingerprints) <= 1 for fingerprints in seen)
     return {"effect": effect, "alpha_each": alpha_each, "tests": results, "power": power_rows, "paired": paired}
 
 
@@ -184,11 +185,11 @@ def markdown(study: dict[str, Any], analysis: dict[str, Any]) -> str:
         "## Checks",
         "",
         "- Pairing: "
-        + (
-            "within every seed, every arm started from the same initial adapter (fingerprints equal)."
-            if analysis["paired"]
-            else "**the initial adapters of one seed differ between arms: the runs are not paired.**"
-        ),
+        + {
+            True: "within every seed, every arm started from the same initial adapter (fingerprints equal).",
+            False: "**the initial adapters of one seed differ between arms: the runs are not paired.**",
+            None: "initial weights not fingerprinted (trained under a launcher, or full fine-tuning).",
+        }[analysis["paired"]],
         f"- Compute: {train_minutes:.0f} min training, {eval_minutes:.0f} min evaluating (run records' wall times).",
         "",
     ]

@@ -163,7 +163,7 @@ def test_a_study_runs_pairs_resumes_and_reports(tmp_path, tokenizer, monkeypatch
     assert summary["num_problems"] == 3 and summary["num_samples"] == 2
 
     report = json.loads((out / "report.json").read_text())
-    assert report["seeds"] == [0, 1] and report["analysis"]["paired"]
+    assert report["seeds"] == [0, 1] and report["analysis"]["paired"] is True
     (test,) = report["analysis"]["tests"]["toy/avg@2"]
     values = report["values"]
     expected = [values["resrl"][str(s)]["toy/avg@2"] - values["nsr"][str(s)]["toy/avg@2"] for s in (0, 1)]
@@ -248,4 +248,5 @@ def test_a_launcher_trains_and_evaluates_each_run_in_subprocesses(tmp_path, toke
         assert "model saved to" in (run_dir / "train.log").read_text()
         assert "sampling with transformers" in (run_dir / "eval" / "toy" / "eval.log").read_text()
         assert record["summaries"]["toy"]["num_problems"] == 3
-    assert "resrl - nsr" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "resrl - nsr" in text and "initial weights not fingerprinted (trained under a launcher" in text
