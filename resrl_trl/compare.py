@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-__all__ = ["Plan", "build_parser", "load_plan", "main", "metric_value", "run_study"]
+__all__ = ["Plan", "build_parser", "load_plan", "main", "run_study"]
 
 PLAN_FILE = "plan.json"
 RUN_FILE = "run.json"
@@ -136,20 +136,6 @@ def _metric_kind_ok(kind: str) -> bool:
         return True
     head, _, k = kind.partition("@")
     return head in ("avg", "pass") and k.isdigit() and int(k) >= 1
-
-
-def metric_value(summary: dict[str, Any], kind: str) -> float:
-    """A metric of a resrl-eval summary: ``avg@n`` and ``pass@k`` in percent, ``distinct_*`` per problem."""
-    if kind.startswith("distinct_"):
-        return float(summary["diversity"][kind]["mean"])
-    head, _, k = kind.partition("@")
-    if head == "avg":
-        if int(k) != summary["num_samples"]:
-            raise ValueError(f"avg@{k} asked, but the evaluation drew {summary['num_samples']} samples per problem")
-        return 100 * float(summary[f"avg@{k}"]["mean"])
-    if k not in summary["pass@k"]:
-        raise ValueError(f"pass@{k} is not in the summary (it has {sorted(summary['pass@k'], key=int)})")
-    return 100 * float(summary["pass@k"][k]["mean"])
 
 
 # --- Running the study ---

@@ -13,16 +13,28 @@ from typing import Any
 
 from .study_stats import detectable_effect, holm, paired_test, power, seeds_needed
 
-__all__ = ["collect", "plot_differences", "write_report"]
+__all__ = ["collect", "metric_value", "plot_differences", "write_report"]
 
 BASE = "base"
+
+
+def metric_value(summary: dict[str, Any], kind: str) -> float:
+    """A metric of a resrl-eval summary: ``avg@n`` and ``pass@k`` in percent, ``distinct_*`` per problem."""
+    if kind.startswith("distinct_"):
+        return float(summary["diversity"][kind]["mean"])
+    head, _, k = kind.partition("@")
+    if head == "avg":
+        if int(k) != summary["num_samples"]:
+            raise ValueError(f"avg@{k} asked, but the evaluation drew {summary['num_samples']} samples per problem")
+        return 100 * float(summary[f"avg@{k}"]["mean"])
+    if k not in summary["pass@k"]:
+        raise ValueError(f"pass@{k} is not in the summary (it has {sorted(summary['pass@k'], key=int)})")
+    return 100 * float(summary["pass@k"][k]["mean"])
 
 
 def collect(output_dir: Path) -> dict[str, Any]:
     """The plan, each finished run's metric values (``values[arm][seed][metric]``), the base model's, the initial
     adapter fingerprints, and the compute each run took."""
-    from .compare import metric_value
-
     plan_path = output_dir / "plan.json"
     if not plan_path.exists():
         raise FileNotFoundError(f"{output_dir} holds no study (no plan.json): run resrl-compare run first")
