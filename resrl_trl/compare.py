@@ -58,7 +58,27 @@ STUDY_SETTINGS = ("seed", "output_dir", "resume_from_checkpoint")
 
 @dataclass
 class Plan:
-    """What a study compares, fixed before its first run (every field is a key of the plan's YAML)."""
+    """What a study compares, fixed before its first run (every field is a key of the plan's YAML).
+
+    Args:
+        recipe (`str`): ``"math"`` or ``"code"``, the recipe every run goes through.
+        recipe_config (`str`): the recipe's YAML (relative to the current folder), e.g. ``recipes/configs/demo.yaml``.
+        arms (`dict[str, dict]`): name -> the recipe settings that make the arm, e.g. ``{advantage_mode: nsr}``.
+        comparisons (`list[list[str]]`): the pairs ``[A, B]`` of arms tested (A minus B); Holm's correction covers
+            them.
+        evaluations (`dict[str, dict]`): name -> ``resrl-eval`` settings (dataset, num_samples, max_tokens, ...).
+        primary_metric (`str`): the confirmatory metric, ``<evaluation>/avg@n`` (also ``pass@k``, ``distinct_answers``,
+            ``distinct_programs``).
+        metrics (`list[str]`, defaults to none): secondary metrics, reported with the same tests.
+        recipe_args (`dict`, defaults to none): recipe settings shared by every arm, over the recipe config's.
+        effect (`float`, defaults to 10.0): the true difference (in the primary metric's units, points for avg/pass)
+            the power analysis sizes the study for.
+        alpha (`float`, defaults to 0.05): the family-wise error rate of each metric's comparisons.
+        power (`float`, defaults to 0.8): the power the seed count is sized for.
+        evaluate_base (`bool`, defaults to True): also evaluate the untrained model once, for reference.
+        seeds (`list[int]`, defaults to [0, 1]): the seeds ``run`` takes without ``--seeds`` (the pilot's).
+        description (`str`): the report's title.
+    """
 
     recipe: str
     recipe_config: str
@@ -193,13 +213,18 @@ def _last_checkpoint(train_dir: Path) -> str | None:
     return get_last_checkpoint(str(train_dir)) if train_dir.is_dir() else None
 
 
+def recipe_module(plan: Plan) -> Any:
+    """The module of the plan's recipe (its ``parse_args``, ``setup``, and the script a launcher runs)."""
+    from .recipes import code_recipe, math_recipe
+
+    return {"math": math_recipe, "code": code_recipe}[plan.recipe]
+
+
 def train_in_process(plan: Plan, config_path: Path, train_dir: Path) -> dict[str, Any]:
     """Train one run with the recipe's own parse and setup, in this process; returns what run.json keeps."""
     import torch
 
-    from .recipes import code_recipe, math_recipe
-
-    recipe = {"math": math_recipe, "code": code_recipe}[plan.recipe]
+    recipe = recipe_module(plan)
     script_args, training_args, model_args = recipe.parse_args(["--config", str(config_path)])
     trainer = recipe.setup(script_args, training_args, model_args)
     checkpoint = _last_checkpoint(train_dir)
@@ -224,9 +249,7 @@ LOGGED = ("step", "reward", "reward_std", "frac_reward_zero_std", "resrl/mixed_g
 def train_with_launcher(plan: Plan, config_path: Path, train_dir: Path, launcher: str) -> dict[str, Any]:
     """Train one run as ``<launcher> recipes/<recipe>.py --config <run config>`` (e.g. ``accelerate launch
     --config_file recipes/accelerate/zero3.yaml``), resuming from the run's last checkpoint if it has one."""
-    from .recipes import code_recipe, math_recipe
-
-    script = {"math": math_recipe, "code": code_recipe}[plan.recipe].__file__
+    script = recipe_module(plan).__file__
     checkpoint = _last_checkpoint(train_dir)
     command = [*shlex.split(launcher), script, "--config", str(config_path)]
     if checkpoint:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -235,8 +236,6 @@ def test_shipped_plans_load_and_every_arm_parses_with_the_recipe(name, tmp_path,
 def test_a_launcher_trains_and_evaluates_each_run_in_subprocesses(tmp_path, tokenizer, monkeypatch, capsys):
     """--launcher (on GPUs: accelerate launch) runs the recipe's own script per training and resrl-eval per
     evaluation; the runs are the same pairs, with the logs beside them."""
-    import sys
-
     monkeypatch.chdir(tmp_path)
     plan = write_plan(tmp_path, tokenizer, seeds=[0], evaluate_base=False)
     out = tmp_path / "study"
