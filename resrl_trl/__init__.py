@@ -14,8 +14,7 @@ _EXPORTS = {
     "SubspaceSettings": ".residual",
     "TrainingCurvesCallback": ".callbacks",
     "compute_residual_weights": ".residual",
-    "residual_token_weights": ".residual",
-    "think_span_mask": ".residual",
+    "think_span_mask": ".masks",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,20 +1,33 @@
-"""Sequence-level advantages of the methods ResRL is compared with, as pure tensor functions.
+"""Every advantage mode's advantages, as pure tensor functions: the one place that says what each method changes.
 
-The baselines of the ResRL paper come from RLVR-Decomposed (Zhu et al., 2025): REINFORCE-style advantages with no
-group normalisation, used in the same clipped policy loss as GRPO. With rewards ``r`` in {0, 1}:
+A rollout's ``(B,)`` sequence advantages (:func:`sequence_advantages`) are what the loss uses for every mode without
+token weights, and what the token weights multiply for ResRL (:func:`token_advantages`):
 
-- PSR (positive samples only): ``A = r``;
-- NSR (negative samples only): ``A = r - 1``;
-- W-REINFORCE: ``A = lambda`` for a correct completion, ``-1`` for a wrong one (``lambda = 0.1``).
+- ``grpo``: TRL's group-normalised advantage (not recomputed here);
+- ``resrl``: GRPO's advantage with positive completions' advantages times ``pos_weight``, then each negative token's
+  advantage times its residual weight;
+- ``resrl_pos_only`` and ``resrl_tokens_only``: ResRL's two parts alone (ablations);
+- the baselines of the ResRL paper, from RLVR-Decomposed (Zhu et al., 2025): REINFORCE-style advantages with no group
+  normalisation, used in the same clipped policy loss as GRPO. With rewards ``r`` in {0, 1}: PSR (positive samples
+  only) ``A = r``; NSR (negative samples only) ``A = r - 1``; W-REINFORCE ``A = lambda`` for a correct completion,
+  ``-1`` for a wrong one (``lambda = 0.1``).
 
-GRPO's group-normalised advantage is TRL's own and is not recomputed here.
+ResRL scales a positive completion by one factor at every token, so scaling its sequence advantage is the same
+(bit for bit) as scaling its tokens: positives are scaled here, once, and the token weights of positives are 1.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["ADVANTAGE_MODES", "SCALES_POSITIVES", "USES_TOKEN_WEIGHTS", "reinforce_advantages"]
+__all__ = [
+    "ADVANTAGE_MODES",
+    "SCALES_POSITIVES",
+    "USES_TOKEN_WEIGHTS",
+    "reinforce_advantages",
+    "sequence_advantages",
+    "token_advantages",
+]
 
 ADVANTAGE_MODES = ("resrl", "grpo", "psr", "nsr", "w_reinforce", "resrl_pos_only", "resrl_tokens_only")
 """Every method the trainer runs: ResRL, its baselines, and ResRL's two parts alone (ablations)."""
@@ -22,6 +35,8 @@ USES_TOKEN_WEIGHTS = frozenset({"resrl", "resrl_tokens_only"})
 """Modes that weight negative tokens by their residual outside the positive subspace."""
 SCALES_POSITIVES = frozenset({"resrl", "resrl_pos_only"})
 """Modes that multiply positive completions' GRPO advantages by ``pos_weight``."""
+REINFORCE_MODES = frozenset({"psr", "nsr", "w_reinforce"})
+"""Modes whose advantages come from the rewards alone (:func:`reinforce_advantages`)."""
 
 
 def reinforce_advantages(
@@ -48,3 +63,41 @@ def reinforce_advantages(
     else:
         raise ValueError(f"reinforce_advantages takes 'psr', 'nsr' or 'w_reinforce', not {mode!r}")
     return torch.where(torch.isnan(rewards), 0.0, advantages)
+
+
+def sequence_advantages(
+    mode: str,
+    grpo_advantages: torch.Tensor,
+    rewards: torch.Tensor,
+    is_positive: torch.Tensor,
+    pos_weight: float = 1.0,
+    w_reinforce_lambda: float = 0.1,
+) -> torch.Tensor:
+    """The ``(B,)`` advantages advantage mode ``mode`` trains with, before any token weight.
+
+    Args:
+        mode: one of :data:`ADVANTAGE_MODES`.
+        grpo_advantages: ``(B,)`` TRL's group-normalised advantages of the completions.
+        rewards: ``(B,)`` total rewards (``NaN`` where no reward function could score).
+        is_positive: ``(B,)`` bool, whether each completion is correct.
+        pos_weight: ResRL's factor on positive completions (``resrl_pos_weight``), used by :data:`SCALES_POSITIVES`.
+        w_reinforce_lambda: W-REINFORCE's weight on correct completions.
+
+    Returns:
+        ``(B,)`` advantages (a new tensor where the mode changes them, else ``grpo_advantages`` itself).
+    """
+    if mode in REINFORCE_MODES:
+        return reinforce_advantages(rewards, is_positive, mode, w_reinforce_lambda).to(grpo_advantages.device)
+    if mode in SCALES_POSITIVES:
+        return torch.where(is_positive, grpo_advantages * pos_weight, grpo_advantages)
+    if mode in ADVANTAGE_MODES:
+        return grpo_advantages
+    raise ValueError(f"advantage_mode must be one of {ADVANTAGE_MODES}, got {mode!r}")
+
+
+def token_advantages(advantages: torch.Tensor, token_weights: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` per-token advantages: ``(B,)`` sequence advantages (or ``(B, T)`` ones) times ``(B, T)`` token
+    weights (a negative token's residual weight, 1 everywhere else)."""
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    return advantages * token_weights

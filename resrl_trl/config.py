@@ -204,7 +204,7 @@ class ResRLConfig(GRPOConfig):
             problems.append("resrl_mask_think=True needs non-empty resrl_think_start and resrl_think_end")
         whole_micro_batches = self.per_device_train_batch_size % self.num_generations == 0
         if self.resrl_subspace == "auto":
-            self.resrl_subspace = "step" if whole_micro_batches else "rollout"
+            self.resrl_subspace = self.auto_subspace
         if self.resrl_subspace not in ("step", "rollout"):
             problems.append(f"resrl_subspace must be 'auto', 'step' or 'rollout', got {self.resrl_subspace!r}")
         whole_groups = self.advantage_mode in USES_TOKEN_WEIGHTS and self.resrl_subspace == "step"
@@ -224,6 +224,12 @@ class ResRLConfig(GRPOConfig):
             )
         if problems:
             raise ValueError("Invalid ResRLConfig:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def auto_subspace(self) -> str:
+        """What `resrl_subspace="auto"` means for these batch sizes: `"step"` (the reference's) when every training
+        micro-batch holds whole prompt groups, else `"rollout"`."""
+        return "step" if self.per_device_train_batch_size % self.num_generations == 0 else "rollout"
 
     @property
     def subspace_settings(self) -> SubspaceSettings:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .analysis import divergence_positions
-from .models import decoder_layer_for_hidden_state
+from .capture import capture_outputs, decoder_block
 from .residual import (
     WEIGHT_POSITIONS,
     SubspaceSettings,
@@ -119,26 +119,18 @@ def block_states(
     """The last ``positions`` outputs of the decoder block that ``output_hidden_states[hidden_layer]`` names (read by
     a forward hook, as training reads them), and of the final norm with ``with_head``. Only the decoder runs: no
     logits, no other layer's states are kept, and ``rows_per_forward`` rows go through at a time."""
-    block = decoder_layer_for_hidden_state(model, hidden_layer)
+    block = decoder_block(model, hidden_layer)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = base.get_decoder()  # a PEFT model's adapters sit inside the base model's modules
     captured: list[torch.Tensor] = []
-
-    def hook(module: Any, args: Any, output: Any) -> None:
-        states = output[0] if isinstance(output, tuple) else output
-        captured.append(states[:, -positions:].float().cpu())
-
     states, finals = [], []
-    handle = block.register_forward_hook(hook)
-    try:
+    with capture_outputs(block, lambda hidden: captured.append(hidden[:, -positions:].float().cpu())):
         for start in range(0, len(input_ids), rows_per_forward):
             rows = slice(start, start + rows_per_forward)
             output = decoder(input_ids=input_ids[rows], attention_mask=attention_mask[rows], use_cache=False)
             states.append(captured.pop())
             if with_head:
                 finals.append(output.last_hidden_state[:, -positions:].float().cpu())
-    finally:
-        handle.remove()
     return torch.cat(states), torch.cat(finals) if with_head else None
 
 
@@ -698,7 +690,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"resrl-inspect: {error}") from None
     model, tokenizer = load_policy_for_sampling(opts.model, opts.gguf_file, opts.adapter)
     try:  # the same check training makes: the layer must be a decoder block's output
-        decoder_layer_for_hidden_state(model, opts.hidden_layer)
+        decoder_block(model, opts.hidden_layer)
     except ValueError as error:
         raise SystemExit(f"resrl-inspect: {error}") from None
     sampling = {

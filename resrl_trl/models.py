@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "EMBEDDED_PACKAGE",
-    "decoder_layer_for_hidden_state",
     "embedded_model",
     "load_model_and_tokenizer",
     "plain_model_folder",
@@ -128,33 +126,3 @@ def plain_model_folder(model_name_or_path: str | None = None, gguf_file: str | N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
-
-
-def decoder_layer_for_hidden_state(model: nn.Module, hidden_layer: int) -> nn.Module:
-    """The decoder block whose output is ``output_hidden_states[hidden_layer]``.
-
-    Works through PEFT, DDP and DeepSpeed wrappers: it looks for the module list of decoder blocks, whose length is
-    ``config.num_hidden_layers``.
-    """
-    config = None
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "get_text_config"):
-            config = config.get_text_config()
-            break
-    num_layers = getattr(config, "num_hidden_layers", None)
-    if num_layers is None:
-        raise ValueError("ResRL could not read num_hidden_layers from the model's config to find its decoder blocks")
-    blocks = [m for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) == num_layers and name]
-    if not blocks:
-        raise ValueError(
-            f"ResRL found no list of {num_layers} decoder blocks in {type(model).__name__}; it needs a transformer "
-            "whose decoder blocks sit in an nn.ModuleList (as in every Hugging Face causal LM)"
-        )
-    index = hidden_layer if hidden_layer >= 0 else num_layers + 1 + hidden_layer
-    if not 1 <= index <= num_layers - 1:
-        raise ValueError(
-            f"resrl_hidden_layer={hidden_layer} does not name a decoder block's output in a model with {num_layers} "
-            f"blocks: use an index in [1, {num_layers - 1}] or [{-num_layers}, -2] (the paper uses -2)"
-        )
-    return blocks[0][index - 1]

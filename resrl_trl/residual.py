@@ -1,14 +1,35 @@
 """ResRL's per-token weights as pure tensor functions.
 
-This module implements steps 1-8 of "Exact per-token weighting" in ResRL (Lin et al., "ResRL: Boosting LLM
-Reasoning via Negative Sample Projection Residual Reinforcement Learning", ICML 2026, arXiv 2605.00380): for every
-prompt group that holds both successful (positive) and failed (negative) completions, the hidden states of the
-positive tokens span a low-rank "successful reasoning" subspace; each negative token is weighted by how much of its
-(layer-normed, centred) hidden state lies outside that subspace.
+Steps 1-8 of "Exact per-token weighting" in ResRL (Lin et al., "ResRL: Boosting LLM Reasoning via Negative Sample
+Projection Residual Reinforcement Learning", ICML 2026, arXiv 2605.00380). For each group ``g`` (completions of one
+prompt) that holds a positive (successful) and a negative (failed) completion:
+
+1. ``P`` = hidden states of the valid tokens of g's positive completions; skip ``g`` if ``|P| < 4``.
+2. If ``|P| > max_pos_tokens``, keep a uniform random subset of ``max_pos_tokens`` rows (without replacement).
+3. ``X = layer_norm(P)`` (no affine, eps 1e-5, float32); ``mu`` = mean row of ``X``; ``Xc = X - mu``.
+4. ``k = min(rank, |P| - 1, H)``.
+5. ``V_k`` = top-``k`` right singular vectors of ``Xc``, by randomised PCA with ``niter`` power iterations.
+6. For each valid token of each negative completion: ``z = layer_norm(h) - mu``, ``e = ||z - V_k V_k^T z||^2 / H``.
+7. ``lo, hi`` = the ``q_low``, ``q_high`` quantiles of ``e`` over the group's valid negative tokens (linear
+   interpolation, as ``torch.quantile``). If ``hi - lo < 1e-5`` every such token gets ``(min_weight + 1) / 2``;
+   else ``w = min_weight + (1 - min_weight) * clamp((e - lo) / max(hi - lo, 1e-6), 0, 1)``.
+8. Every other entry is 1. A group whose hidden states (at the tokens it reads) are not all finite is skipped.
+
+Where each step lives (one public entry point per computation):
+
+- :func:`completion_states`: which position's hidden state a completion token is read from.
+- :func:`compute_residual_weights`: steps 1-8 for a batch that holds every group whole (the reference's place).
+- :func:`build_group_subspaces` (steps 1-5 and 7, over processes) then :func:`project_onto_group_subspaces`
+  (steps 6-8 on any part of each group): the same weights when groups are split across micro-batches or processes.
+- :func:`residual_energy`: step 6's formula, the only one; :func:`token_energies`: step 6 at every position.
+- :func:`subspace_positive_states`: the states steps 1-2 keep, for analyses.
+- :func:`group_stream_seed`: the per-group random stream of steps 2 and 5.
+- :class:`SubspaceSettings`: the six settings (paper defaults); :class:`ResidualStats`: token sums and group counts.
 
 Everything here is plain ``torch``: no TRL, transformers or accelerate imports, so the maths can be tested and
 benchmarked on its own. All groups are processed at once (padded batched linear algebra), never in a Python loop
-per group or per token, and all arithmetic is float32 whatever the dtype of the hidden states.
+per group or per token, and all arithmetic is float32 whatever the dtype of the hidden states. Which completion
+tokens are valid is decided in :mod:`resrl_trl.masks`.
 """
 
 from __future__ import annotations
@@ -34,9 +55,7 @@ __all__ = [
     "group_stream_seed",
     "project_onto_group_subspaces",
     "residual_energy",
-    "residual_token_weights",
     "subspace_positive_states",
-    "think_span_mask",
     "token_energies",
 ]
 
@@ -621,9 +640,33 @@ def compute_residual_weights(
     group_seed: int | None = None,
     num_groups: int | None = None,
 ) -> ResidualWeights:
-    """ResRL per-token weights and their statistics, every group whole in this batch. See
-    :func:`residual_token_weights` for the arguments; ``num_groups``, when given, says the ids lie in
-    ``[0, num_groups)``, which spares a ``torch.unique`` (a GPU synchronisation)."""
+    """Steps 1-8: ResRL's per-token weights for the negative completions of a batch that holds every group whole,
+    and their statistics.
+
+    Args:
+        hidden: ``(B, T, H)`` hidden states, any float dtype; only the rows at valid tokens are read.
+        valid_mask: ``(B, T)`` bool, the tokens that take part (completion tokens, minus tool output or think spans).
+        group_ids: ``(B,)`` integer id of each completion's prompt group.
+        is_positive: ``(B,)`` bool, whether each completion succeeded (reward above the threshold).
+        settings: ``rank``, ``max_pos_tokens``, ``q_low``, ``q_high``, ``min_weight`` and ``niter`` above (see
+            :class:`SubspaceSettings`; the defaults are the paper's).
+        generator: source of randomness for subsampling and PCA, drawn group after group in the order of the
+            group ids; ``None`` uses the global RNG.
+        group_seed: instead of ``generator``, give every group its own stream, seeded from ``group_seed`` and the
+            group's id (:func:`group_stream_seed`). A group's weights then depend only on its own rows, its id and
+            ``group_seed``: not on which other groups share the batch, nor on how many processes or micro-batches the
+            rollout is split into.
+
+    Returns:
+        ``(B, T)`` float32 weights: in ``[min_weight, 1]`` at the valid tokens of negatives in usable mixed groups,
+        exactly 1 elsewhere.
+        num_groups: when given, says the ids lie in ``[0, num_groups)``, which spares a ``torch.unique`` (a GPU
+            synchronisation).
+
+    Returns:
+        ``ResidualWeights``: ``(B, T)`` float32 weights, in ``[min_weight, 1]`` at the valid tokens of negatives in
+        usable mixed groups and exactly 1 elsewhere, and the batch's :class:`ResidualStats`.
+    """
     with _exact_fp32(hidden.device.type):
         build = _build(
             hidden, valid_mask, group_ids, is_positive, settings, num_groups, generator, group_seed, SINGLE_PROCESS
@@ -651,7 +694,7 @@ def build_group_subspaces(
 ) -> tuple[GroupSubspaces, ResidualStats]:
     """Each group's positive subspace and energy quantiles, from completions that may sit on several processes.
 
-    The rollout-time half of ResRL: steps 1-5 and 7 of :func:`residual_token_weights` for every group, where this
+    The rollout-time half of ResRL: steps 1-5 and 7 of :func:`compute_residual_weights` for every group, where this
     process holds some rows of some groups and ``collective`` adds up what the processes hold. ``group_ids`` are
     global indices in ``[0, num_groups)``. With the same ``group_seed`` (or ``generator`` state) on every process
     the result equals that of one process holding all rows. ``settings.min_weight`` is not used here (the weights
@@ -772,87 +815,3 @@ def project_onto_group_subspaces(
             **zero_counts,
         )
         return ResidualWeights(torch.where(weighted, token_weight, weights), stats)
-
-
-def residual_token_weights(
-    hidden: torch.Tensor,
-    valid_mask: torch.Tensor,
-    group_ids: torch.Tensor,
-    is_positive: torch.Tensor,
-    settings: SubspaceSettings = SubspaceSettings(),
-    *,
-    generator: torch.Generator | None = None,
-    group_seed: int | None = None,
-) -> torch.Tensor:
-    r"""ResRL's per-token weights for the negative completions of a batch.
-
-    For each group ``g`` (completions sharing ``group_ids``) that holds a positive and a negative completion:
-
-    1. ``P`` = hidden states of the valid tokens of g's positive completions; skip ``g`` if ``|P| < 4``.
-    2. If ``|P| > max_pos_tokens``, keep a uniform random subset of ``max_pos_tokens`` rows (without replacement).
-    3. ``X = layer_norm(P)`` (no affine, eps 1e-5, float32); ``mu`` = mean row of ``X``; ``Xc = X - mu``.
-    4. ``k = min(rank, |P| - 1, H)``.
-    5. ``V_k`` = top-``k`` right singular vectors of ``Xc``, by randomised PCA with ``niter`` power iterations.
-    6. For each valid token of each negative completion: ``z = layer_norm(h) - mu``,
-       ``e = ||z - V_k V_k^T z||^2 / H``.
-    7. ``lo, hi`` = the ``q_low``, ``q_high`` quantiles of ``e`` over the group's valid negative tokens (linear
-       interpolation, as ``torch.quantile``). If ``hi - lo < 1e-5`` every such token gets ``(min_weight + 1) / 2``;
-       else ``w = min_weight + (1 - min_weight) * clamp((e - lo) / max(hi - lo, 1e-6), 0, 1)``.
-    8. Every other entry is 1.
-
-    A group whose hidden states (at the tokens it reads) are not all finite is skipped: its weights stay 1.
-
-    Args:
-        hidden: ``(B, T, H)`` hidden states, any float dtype; only the rows at valid tokens are read.
-        valid_mask: ``(B, T)`` bool, the tokens that take part (completion tokens, minus tool output or think spans).
-        group_ids: ``(B,)`` integer id of each completion's prompt group.
-        is_positive: ``(B,)`` bool, whether each completion succeeded (reward above the threshold).
-        settings: ``rank``, ``max_pos_tokens``, ``q_low``, ``q_high``, ``min_weight`` and ``niter`` above (see
-            :class:`SubspaceSettings`; the defaults are the paper's).
-        generator: source of randomness for subsampling and PCA, drawn group after group in the order of the
-            group ids; ``None`` uses the global RNG.
-        group_seed: instead of ``generator``, give every group its own stream, seeded from ``group_seed`` and the
-            group's id (:func:`group_stream_seed`). A group's weights then depend only on its own rows, its id and
-            ``group_seed``: not on which other groups share the batch, nor on how many processes or micro-batches the
-            rollout is split into.
-
-    Returns:
-        ``(B, T)`` float32 weights: in ``[min_weight, 1]`` at the valid tokens of negatives in usable mixed groups,
-        exactly 1 elsewhere.
-    """
-    return compute_residual_weights(
-        hidden, valid_mask, group_ids, is_positive, settings, generator=generator, group_seed=group_seed
-    ).weights
-
-
-def _marker_hits(token_ids: torch.Tensor, marker: Sequence[int]) -> torch.Tensor:
-    """``(B, T)`` bool: where ``marker`` (a token id sequence) starts in each row."""
-    batch, length = token_ids.shape
-    size = len(marker)
-    hits = torch.zeros(batch, length, dtype=torch.bool, device=token_ids.device)
-    if size == 0 or size > length:
-        return hits
-    windows = token_ids.unfold(1, size, 1)  # (B, T - size + 1, size), a view
-    pattern = torch.as_tensor(list(marker), dtype=token_ids.dtype, device=token_ids.device)
-    hits[:, : length - size + 1] = (windows == pattern).all(-1)
-    return hits
-
-
-def think_span_mask(token_ids: torch.Tensor, start_ids: Sequence[int], end_ids: Sequence[int]) -> torch.Tensor:
-    """``(B, T)`` bool mask of the tokens inside ``<think>…</think>`` spans, the markers included.
-
-    ``start_ids`` and ``end_ids`` are the token id sequences of the two markers. Spans are matched in order: a
-    span left open (for example by truncation) runs to the end of the row, an end marker with no open span is
-    ignored, and nested spans close with their outermost end marker.
-    """
-    if len(start_ids) == 0 or len(end_ids) == 0:
-        raise ValueError("think markers must be non-empty token id sequences")
-    batch, length = token_ids.shape
-    step = torch.zeros(batch, length + 1, dtype=torch.long, device=token_ids.device)
-    step[:, :length] += _marker_hits(token_ids, start_ids).long()
-    # An end marker closes the span after its last token, so the marker itself is inside.
-    step[:, len(end_ids) : length + 1] -= _marker_hits(token_ids, end_ids).long()[:, : length + 1 - len(end_ids)]
-    walk = torch.cumsum(step[:, :length], 1)
-    # Depth of nesting, floored at 0: the walk reflected at zero (unmatched end markers are ignored).
-    depth = walk - torch.cummin(walk, 1).values.clamp(max=0)
-    return depth > 0

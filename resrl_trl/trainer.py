@@ -11,61 +11,25 @@ import torch
 from torch import nn
 from trl import GRPOTrainer
 
-from .advantages import SCALES_POSITIVES, USES_TOKEN_WEIGHTS, reinforce_advantages
+from .advantages import USES_TOKEN_WEIGHTS, sequence_advantages
+from .capture import decoder_block
 from .config import ResRLConfig
+from .masks import think_marker_ids, valid_completion_tokens
 from .model_card import RESRL_PAPER, ModelCardMixin
-from .models import decoder_layer_for_hidden_state
-from .placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, make_placement
-from .residual import ResidualStats, completion_states, group_stream_seed, think_span_mask
+from .placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, Rollout, SeedStream, make_collective, make_placement
 from .safety import SafeTrainingMixin
-from .trainer_logging import HeadProbe, TokenStatistics, check_head_probe, log_group_counts, show_sequence_advantages
+from .trainer_logging import HeadProbe, TokenStatistics, check_head_probe, show_advantages_used
 from .trl_compat import (
     check_trl_internals,
+    disable_gradient_checkpointing,
     split_pixel_values_by_grid,
     split_tensor_dict,
     unsplit_pixel_values_by_grid,
 )
 
+__all__ = ["GROUP_IDS_KEY", "IS_POSITIVE_KEY", "RESRL_STATE_FILE", "ResRLTrainer"]
+
 RESRL_STATE_FILE = "resrl_state.json"
-
-
-def shuffle_groups(batch: dict[str, Any], group_size: int) -> dict[str, Any]:
-    """Shuffle the rows of a rollout batch at the level of whole groups of ``group_size`` consecutive rows.
-
-    It draws exactly the permutation TRL's row shuffle would draw (``torch.randperm`` of the batch size, from the
-    global RNG) and orders the groups by where they first appear in it, so the RNG stream, and with it every later
-    sampled completion, is the same as under ``GRPOTrainer``; every order of the groups is equally likely.
-    """
-    batch_size = len(next(v for v in batch.values() if v is not None))
-    permutation = torch.randperm(batch_size)
-    num_groups = batch_size // group_size
-    first_seen = torch.full((num_groups,), batch_size).scatter_reduce(
-        0, permutation // group_size, torch.arange(batch_size), reduce="amin"
-    )
-    group_order = torch.argsort(first_seen)
-    rows = (group_order[:, None] * group_size + torch.arange(group_size)).flatten()
-
-    def permute(value: Any) -> Any:
-        if value is None or (isinstance(value, torch.Tensor) and value.ndim == 0):
-            return value
-        if isinstance(value, torch.Tensor):
-            return value[rows.to(value.device)]
-        return [value[i] for i in rows.tolist()]
-
-    return {key: permute(value) for key, value in batch.items()}
-
-
-def think_marker_ids(processing_class: Any, start: str, end: str) -> tuple[list[int], list[int]]:
-    """The token ids of the think-span markers ``start`` and ``end`` in the tokenizer of ``processing_class``."""
-    tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    start_ids = tokenizer.encode(start, add_special_tokens=False)
-    end_ids = tokenizer.encode(end, add_special_tokens=False)
-    if not start_ids or not end_ids:
-        raise ValueError(
-            f"resrl_mask_think=True but the tokenizer encodes {start!r} or {end!r} to no tokens; set "
-            "resrl_think_start/resrl_think_end to the markers your model writes"
-        )
-    return start_ids, end_ids
 
 
 class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
@@ -106,30 +70,32 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
             )
         check_trl_internals()  # a TRL release that moved what ResRL hooks into fails here, naming what moved
         super().__init__(model, reward_funcs, args=args, **kwargs)
-        self._resrl_layer = (  # only the token-weight modes read hidden states
-            decoder_layer_for_hidden_state(self.model, args.resrl_hidden_layer)
-            if args.advantage_mode in USES_TOKEN_WEIGHTS
-            else None
-        )
-        self._placement = make_placement(self) if self._resrl_layer is not None else None
-        if args.resrl_log_interference:
-            check_head_probe(self)
-        # ResRL's randomness (positive-token subsampling, the PCA's random start) comes from one stream per group,
-        # seeded from resrl_seed, the generation's index and the group's id: never from the global RNG (so the
-        # sampled completions stay as under GRPOTrainer), and the same wherever the group's rows are processed.
-        self._resrl_seed = args.seed if args.resrl_seed is None else args.resrl_seed
-        self._generations = {"train": 0, "eval": 0}
-        self._group_seed = {"train": 0, "eval": 0}  # of the latest generation, per mode
-        self._num_groups = {"train": 0, "eval": 0}  # groups in the latest generation (ids are 0..n-1), per mode
+        self.seeds = SeedStream(args.seed if args.resrl_seed is None else args.resrl_seed)
         self._think_markers = (
             think_marker_ids(self.processing_class, args.resrl_think_start, args.resrl_think_end)
             if args.resrl_mask_think
             else None
         )
+        self.placement = None  # only the token-weight modes read hidden states
+        if args.advantage_mode in USES_TOKEN_WEIGHTS:
+            self.placement = make_placement(
+                args.resrl_subspace,
+                block=decoder_block(self.model, args.resrl_hidden_layer),
+                settings=args.subspace_settings,
+                weight_position=args.resrl_weight_position,
+                seeds=self.seeds,
+                collective=make_collective(self.accelerator.process_index, self.accelerator.num_processes),
+                group_sizes={"train": self.num_generations, "eval": self.num_generations_eval},
+                run_decoder=self._run_decoder,
+            )
+        if args.resrl_log_interference:
+            plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            zero3 = plugin is not None and plugin.zero_stage == 3
+            check_head_probe(self.model.config, head_is_sharded=self.is_fsdp_enabled or zero3)
         self._last_rewards_per_func: torch.Tensor | None = None
         self._token_stats = TokenStatistics()
 
-    # --- Rollouts: remember each completion's group and whether it succeeded. ---
+    # --- Rollouts: each completion's group and whether it succeeded; the method's sequence advantages. ---
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # noqa: ANN001, ANN202
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -137,65 +103,79 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        if self._placement is not None:
-            self._placement.start_rollout()
+        if self.placement is not None:
+            self.placement.start_rollout(self._trl_runs_old_logprob_forward())
         output = super()._generate_and_score_completions(inputs)
         rewards_per_func, self._last_rewards_per_func = self._last_rewards_per_func, None
-        weights = self.reward_weights.to(rewards_per_func.device)
-        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
         # A completion no reward function could score is not positive (TRL gives it a zero advantage).
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = float("nan")
         mode = "train" if self.model.training else "eval"
-        # Eval generations draw from their own sequence of seeds, so evaluating never shifts training's.
-        self._group_seed[mode] = group_stream_seed(self._resrl_seed + (mode == "eval") * 7919, self._generations[mode])
-        self._generations[mode] += 1
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         start = self.accelerator.process_index * len(inputs)
         local = slice(start, start + len(inputs))
-        self._num_groups[mode] = len(inputs) * self.accelerator.num_processes // group_size
+        self.seeds.advance(mode, len(inputs) * self.accelerator.num_processes // group_size)
         device = output["completion_ids"].device
         all_positive = rewards > self.args.resrl_positive_threshold  # every process's rows
-        is_positive = all_positive[local].to(device)
-        output[IS_POSITIVE_KEY] = is_positive
+        output[IS_POSITIVE_KEY] = all_positive[local].to(device)
         output[GROUP_IDS_KEY] = torch.arange(start, start + len(inputs), device=device) // group_size
-        method = self.args.advantage_mode
-        baseline = None
-        if method in ("psr", "nsr", "w_reinforce"):
-            baseline = reinforce_advantages(rewards, all_positive, method, self.args.w_reinforce_lambda)
-            output["advantages"] = baseline[local].to(device)
-        elif method == "resrl_pos_only":  # no token weights: the positive scaling is all there is, per sequence
-            advantages = output["advantages"]
-            output["advantages"] = torch.where(is_positive, advantages * self.args.resrl_pos_weight, advantages)
+        advantages = sequence_advantages(
+            self.args.advantage_mode, output["advantages"], rewards[local].to(device), output[IS_POSITIVE_KEY],
+            self.args.resrl_pos_weight, self.args.w_reinforce_lambda,
+        )  # fmt: skip
         # A non-finite advantage (a reward function's NaN or inf, say) would turn the whole loss into NaN: such a
         # completion takes no part in the update, and is counted.
-        finite = torch.isfinite(output["advantages"])
+        finite = torch.isfinite(advantages)
         self._metrics[mode]["resrl/nonfinite_advantages"].append(float((~finite).sum()))
-        output["advantages"] = torch.where(finite, output["advantages"], 0.0)
-        # TRL's completions table shows the sequence advantages the method uses, not the GRPO ones TRL logged.
-        show_sequence_advantages(self._logs["advantages"], all_positive, baseline, method, self.args.resrl_pos_weight)
-        if self._placement is not None:
-            self._placement.finish_rollout(output, all_positive, group_size, mode)
+        output["advantages"] = torch.where(finite, advantages, 0.0)
+        # TRL's completions table shows the sequence advantages the loss reads, in place of the ones TRL logged.
+        show_advantages_used(self._logs["advantages"], self.accelerator.gather(output["advantages"]))
+        if self.placement is not None:
+            rows_per_forward = (
+                self.args.per_device_train_batch_size if mode == "train" else (self.args.per_device_eval_batch_size)
+            )
+            rollout = Rollout(output, self._valid_tokens(output), all_positive, group_size, mode, rows_per_forward)
+            for name, value in self.placement.finish_rollout(rollout).items():
+                self._metrics[mode][name].append(value)
         return output
 
+    def _trl_runs_old_logprob_forward(self) -> bool:
+        """Whether GRPOTrainer computes old log-probabilities over the rollout (the condition it uses itself)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or (
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        if self._placement is None:
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-            )
-        with self._placement.old_logprob_forward(logits_to_keep):  # rollout placement reuses its hidden states
+        forward = self.placement.old_logprob_forward(logits_to_keep) if self.placement else contextlib.nullcontext()
+        with forward:  # the rollout placement reads its hidden states from TRL's old-log-prob forward
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
 
+    def _run_decoder(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One no-grad forward of the policy's decoder stack per chunk, for the placement to read its block.
+
+        Only hidden states are wanted: the LM head never runs. (Calling the LM head module here, where the training
+        forward only reads its weight through TRL's fused kernel, leaves ZeRO-3 unable to gather that weight again in
+        the backward.)"""
+        model = self.accelerator.unwrap_model(self.model)
+        decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+        checkpointing_kwargs = self.args.gradient_checkpointing_kwargs
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, checkpointing_kwargs):
+            for input_ids, attention_mask in chunks:
+                with self.accelerator.autocast():
+                    decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
-        # As GRPOTrainer._prepare_inputs, with TRL's row shuffle replaced by a shuffle of whole groups.
-        if not self.model.training or self._placement is None or not self._placement.shuffles_groups:
+        # As GRPOTrainer._prepare_inputs, with TRL's row shuffle replaced by the placement's (whole groups for "step").
+        if not self.model.training or self.placement is None:
             return super()._prepare_inputs(generation_batch)
         generate_every = self.args.steps_per_generation * self.num_iterations
         if self._step % generate_every == 0 or self._buffered_inputs is None:
             generation_batch = self._generate_and_score_completions(generation_batch)
             generation_batch = split_pixel_values_by_grid(generation_batch)
-            generation_batch = shuffle_groups(generation_batch, self.num_generations)
+            generation_batch = self.placement.shuffle_rollout(generation_batch, self.num_generations)
             generation_batches = split_tensor_dict(generation_batch, self.args.steps_per_generation)
             self._buffered_inputs = [unsplit_pixel_values_by_grid(batch) for batch in generation_batches]
         return self._buffered_inputs[self._step % self.args.steps_per_generation]
@@ -203,77 +183,32 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
     # --- Training step: per-token advantages from the hidden states of the forward TRL already runs. ---
 
     def _compute_loss(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        if self.args.advantage_mode not in USES_TOKEN_WEIGHTS:
+        if self.placement is None:
             return super()._compute_loss(model, inputs)
-        # A shallow copy: the hook swaps in per-token advantages, and buffered rollouts are reused across iterations.
+        # A shallow copy: the placement swaps in per-token advantages; buffered rollouts are reused across iterations.
         inputs = dict(inputs)
-        found: list[ResidualStats] = []
-
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if found:  # the weights of this step are set; a repeated call (e.g. recomputation) changes nothing
-                return
-            hidden = output[0] if isinstance(output, tuple) else output
-            found.append(self._apply_residual_weights(hidden.detach(), inputs))
-
-        handle = self._resrl_layer.register_forward_hook(hook)
-        sequence_advantages = inputs["advantages"]
+        mode = "train" if self.model.training else "eval"
+        valid, sequence_advantages = self._valid_tokens(inputs), inputs["advantages"]
         probe = HeadProbe(self.accelerator.unwrap_model(model)) if self.args.resrl_log_interference else None
-        try:
-            with probe or contextlib.nullcontext():
-                loss = super()._compute_loss(model, inputs)
-        finally:
-            handle.remove()  # before backward: gradient-checkpoint recomputation never reaches the hook
-        if not found:
-            raise RuntimeError(
-                "ResRL's hook on the decoder block never fired during the training forward; the model's forward did "
-                "not run its decoder blocks as nn.Module calls"
-            )
-        self._log_residual_stats(found[0])
+        with self.placement.training_forward(inputs, valid, mode) as weighed, probe or contextlib.nullcontext():
+            loss = super()._compute_loss(model, inputs)
+        self._token_stats.add(mode, weighed.token_sums)  # means over the weighted tokens at the next log
+        for name, value in weighed.metrics.items():
+            self._metrics[mode][name].append(value)
         if probe is not None:
             cosines = probe.cosines(
-                inputs["completion_ids"], self._valid_tokens(inputs), inputs[IS_POSITIVE_KEY], sequence_advantages,
-                inputs["advantages"], self.temperature, seed=self._step,
+                inputs["completion_ids"], valid, inputs[IS_POSITIVE_KEY], sequence_advantages, inputs["advantages"],
+                self.temperature, seed=self._step,
             )  # fmt: skip
             for name, value in zip(("plain", "weighted"), cosines, strict=True):
-                self._metrics["train" if self.model.training else "eval"][f"resrl/head_cosine_{name}"].append(value)
+                self._metrics[mode][f"resrl/head_cosine_{name}"].append(value)
         return loss
-
-    def _apply_residual_weights(self, hidden: torch.Tensor, inputs: dict[str, Any]) -> ResidualStats:
-        completion_ids = inputs["completion_ids"]
-        num_tokens = completion_ids.size(1)
-        total = inputs["prompt_ids"].size(1) + num_tokens
-        if hidden.size(1) != total:
-            raise RuntimeError(
-                f"ResRL expected hidden states over {total} positions (prompt + completion), got {hidden.size(1)}"
-            )
-        completion_hidden = completion_states(hidden, num_tokens, self.args.resrl_weight_position)
-        valid = self._valid_tokens(inputs)
-        group_ids, is_positive, args = inputs[GROUP_IDS_KEY], inputs[IS_POSITIVE_KEY], self.args
-        mode = "train" if self.model.training else "eval"
-        result = self._placement.weights(completion_hidden, valid, group_ids, is_positive, mode)
-        pos_weight = args.resrl_pos_weight if args.advantage_mode in SCALES_POSITIVES else 1.0
-        factor = torch.where(is_positive[:, None], pos_weight, result.weights)
-        advantages = inputs["advantages"]
-        if advantages.dim() == 1:
-            advantages = advantages[:, None]
-        inputs["advantages"] = advantages * factor
-        return result.stats
 
     def _valid_tokens(self, inputs: dict[str, Any]) -> torch.Tensor:
         """The completion tokens that take part: not padding, not tool output, not inside a masked think span."""
-        valid = inputs["completion_mask"].bool()
-        if "tool_mask" in inputs:
-            valid = valid & inputs["tool_mask"].bool()
-        if self._think_markers is not None:
-            valid = valid & ~think_span_mask(inputs["completion_ids"], *self._think_markers)
-        return valid
-
-    def _log_residual_stats(self, stats: ResidualStats) -> None:
-        totals = self.accelerator.reduce(torch.stack(list(stats)), reduction="sum")
-        mode = "train" if self.model.training else "eval"
-        self._token_stats.add(mode, totals)  # means over the weighted tokens at the next log
-        if self._placement.name == "step":  # else logged once per rollout, for whole groups
-            log_group_counts(self._metrics[mode], ResidualStats(*totals.tolist()))
+        return valid_completion_tokens(
+            inputs["completion_ids"], inputs["completion_mask"], inputs.get("tool_mask"), self._think_markers
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
@@ -281,20 +216,17 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
             self._metrics[mode][name] = [mean]
         super().log(logs, start_time)
 
-    # --- Saved models carry a card that names ResRL and lists its settings. ---
-
     # --- Checkpoints: ResRL's random-stream state travels with them (SafeTrainingMixin makes them atomic). ---
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         if self.args.should_save:
-            state = {"generations": self._generations}
             with open(os.path.join(output_dir, RESRL_STATE_FILE), "w") as handle:
-                json.dump(state, handle)
+                json.dump(self.seeds.state_dict(), handle)
 
     def _load_rng_state(self, checkpoint: str | None) -> None:
         super()._load_rng_state(checkpoint)
         path = os.path.join(checkpoint, RESRL_STATE_FILE) if checkpoint else None
         if path and os.path.isfile(path):
             with open(path) as handle:
-                self._generations = {**self._generations, **json.load(handle)["generations"]}
+                self.seeds.load_state_dict(json.load(handle))

@@ -1,5 +1,6 @@
-"""What ResRLTrainer logs beside TRL's metrics: token statistics as means over the weighted tokens, per-group counts,
-and the sequence advantages shown in TRL's completions table."""
+"""What ResRLTrainer logs beside TRL's metrics: token statistics as means over the weighted tokens, the sequence
+advantages shown in TRL's completions table, and the output head's gradient interference (``resrl_log_interference``).
+The group counts are the placement's (:func:`resrl_trl.placement.group_count_metrics`)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from typing import Any
 
 import torch
 
-from .advantages import SCALES_POSITIVES
 from .analysis import positive_negative_cosines
-from .residual import ResidualStats
+from .capture import capture_outputs
 
 
 class TokenStatistics:
@@ -38,50 +38,30 @@ class TokenStatistics:
         }
 
 
-def log_group_counts(metrics: dict[str, list[float]], totals: ResidualStats) -> None:
-    """Append a step's group counts (summed over processes) to TRL's metric lists."""
-    metrics["resrl/mixed_group_frac"].append(totals.mixed_groups / max(totals.groups, 1.0))
-    metrics["resrl/skipped_groups"].append(totals.skipped_groups)
-    metrics["resrl/positives"].append(totals.positives)
-    metrics["resrl/negatives"].append(totals.negatives)
-
-
-def show_sequence_advantages(
-    logged: MutableSequence[float],
-    all_positive: torch.Tensor,
-    baseline: torch.Tensor | None,
-    advantage_mode: str,
-    pos_weight: float,
-) -> None:
-    """Put in TRL's completions table the sequence advantages the method uses (before token weights), in place of
-    the GRPO advantages TRL logged (the last ``len(all_positive)`` entries of ``logged``, every process's rows) before
-    ResRL replaced them by ``baseline`` or scaled its positives by ``pos_weight``."""
-    count = len(all_positive)
-    if len(logged) < count or (baseline is None and advantage_mode not in SCALES_POSITIVES):
-        return  # grpo, resrl_tokens_only: TRL's advantages are the sequence advantages
-    if baseline is None:  # resrl scales positives per token, by one factor for every token
-        trl_advantages = torch.tensor(list(logged)[-count:], dtype=torch.float32)
-        shown = torch.where(all_positive.cpu(), trl_advantages * pos_weight, trl_advantages)
-    else:
-        shown = baseline.cpu()
+def show_advantages_used(logged: MutableSequence[float], used: torch.Tensor) -> None:
+    """Put in TRL's completions table the sequence advantages the loss reads (``used``, every process's rows, before
+    token weights), in place of the GRPO advantages TRL logged for the same rows (the last ``len(used)`` entries)."""
+    count = len(used)
+    if len(logged) < count:
+        return
     for _ in range(count):
         logged.pop()
-    logged.extend(torch.nan_to_num(shown, nan=0.0, posinf=0.0, neginf=0.0).tolist())
+    logged.extend(used.float().cpu().tolist())
 
 
-def check_head_probe(trainer: Any) -> None:
-    """Refuse ``resrl_log_interference`` where the probe would not measure what training computes."""
-    config = trainer.model.config
+def check_head_probe(model_config: Any, head_is_sharded: bool) -> None:
+    """Refuse ``resrl_log_interference`` where the probe would not measure what training computes: a model that scales
+    or soft-caps its logits, or an output head sharded by DeepSpeed ZeRO-3 or FSDP."""
+    config = model_config
     if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", 1.0) not in (None, 1.0):
         raise ValueError(
             "resrl_log_interference: this model scales or soft-caps its logits, which the probe does not reproduce; "
             "leave it off for this model"
         )
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    if trainer.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3):
+    if head_is_sharded:
         raise ValueError(
             "resrl_log_interference: the output head's weight is sharded (DeepSpeed ZeRO-3 or FSDP) and the probe "
-            "applies it outside the forward; measure interference with benchmarks/analysis_report.py instead"
+            "applies it outside the forward; measure interference with experiments/analysis_report.py instead"
         )
 
 
@@ -100,19 +80,18 @@ class HeadProbe:
         self.head = model.get_output_embeddings()
         self.max_tokens = max_tokens
         self.final_hidden: torch.Tensor | None = None
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
+        self._capture = capture_outputs(self.decoder, self._keep_first)
+
+    def _keep_first(self, hidden: torch.Tensor) -> None:
+        if self.final_hidden is None:
+            self.final_hidden = hidden.detach()
 
     def __enter__(self) -> HeadProbe:
-        def hook(module: torch.nn.Module, args: tuple, output: object) -> None:
-            if self.final_hidden is None:
-                hidden = getattr(output, "last_hidden_state", None)
-                self.final_hidden = (hidden if hidden is not None else output[0]).detach()
-
-        self._handle = self.decoder.register_forward_hook(hook)
+        self._capture.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._handle.remove()
+        self._capture.__exit__(*exc)
 
     @torch.no_grad()
     def cosines(

@@ -15,7 +15,12 @@ import trl
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
-from trl.trainer.utils import split_pixel_values_by_grid, split_tensor_dict, unsplit_pixel_values_by_grid
+from trl.trainer.utils import (
+    shuffle_sequence_dict,
+    split_pixel_values_by_grid,
+    split_tensor_dict,
+    unsplit_pixel_values_by_grid,
+)
 
 __all__ = [
     "ACCELERATE_SKIPPED_STEP_FLAG",
@@ -25,6 +30,7 @@ __all__ = [
     "check_trl_internals",
     "disable_gradient_checkpointing",
     "rotate_checkpoints",
+    "shuffle_sequence_dict",
     "split_pixel_values_by_grid",
     "split_tensor_dict",
     "unsplit_pixel_values_by_grid",

@@ -4,6 +4,7 @@ are the tests' own."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 
@@ -77,3 +78,43 @@ def reference_hidden(model, batch, index=-2):
         states = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
     length, tokens = input_ids.size(1), batch["completion_ids"].size(1)
     return states[index][:, length - tokens - 1 : length - 1]
+
+
+def record_token_weights(placement) -> list[dict]:
+    """Every call of ``placement.token_weights`` (the seam where a training forward's hidden states become token
+    weights), from now on: its inputs (the completion-aligned hidden states, valid mask, group ids, positive flags,
+    mode) and the weights and statistics it returned."""
+    calls: list[dict] = []
+    real = placement.token_weights
+
+    def recording(hidden, valid, group_ids, is_positive, mode):
+        result = real(hidden, valid, group_ids, is_positive, mode)
+        calls.append(
+            dict(
+                hidden=hidden.clone(), valid=valid.clone(), group_ids=group_ids.clone(),
+                is_positive=is_positive.clone(), mode=mode, weights=result.weights.clone(), stats=result.stats,
+            )
+        )  # fmt: skip
+        return result
+
+    placement.token_weights = recording
+    return calls
+
+
+def record_training_forwards(placement) -> list[dict]:
+    """Every training forward the placement weighs (its ``training_forward`` seam), from now on: the micro-batch's
+    inputs, the valid mask and mode it was given, the advantages before and after, and what it yielded."""
+    calls: list[dict] = []
+    real = placement.training_forward
+
+    @contextlib.contextmanager
+    def recording(inputs, valid, mode):
+        before = inputs["advantages"].clone()
+        with real(inputs, valid, mode) as result:
+            yield result
+        calls.append(
+            dict(inputs, valid=valid.clone(), mode=mode, before=before, after=inputs["advantages"], result=result)
+        )
+
+    placement.training_forward = recording
+    return calls

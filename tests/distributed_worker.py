@@ -14,9 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import COMMON, make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
 
-import resrl_trl.placement as placement_module  # noqa: E402
 from resrl_trl import ResRLConfig, ResRLTrainer  # noqa: E402
-from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY  # noqa: E402
 
 
 def main() -> None:
@@ -27,36 +25,6 @@ def main() -> None:
     opts = parser.parse_args()
     out = Path(opts.out)
     records: list[dict] = []
-    pending: list[torch.Tensor] = []
-
-    def keep_weights(real):
-        def wrapped(*args, **kwargs):
-            result = real(*args, **kwargs)
-            pending.append(result.weights)
-            return result
-
-        return wrapped
-
-    for name in ("compute_residual_weights", "project_onto_group_subspaces"):
-        setattr(placement_module, name, keep_weights(getattr(placement_module, name)))
-
-    class RecordingTrainer(ResRLTrainer):
-        def _apply_residual_weights(self, hidden, inputs):
-            stats = super()._apply_residual_weights(hidden, inputs)
-            num_tokens = inputs["completion_ids"].size(1)
-            records.append(
-                {
-                    "step": self.state.global_step,
-                    "hidden": hidden[:, -num_tokens - 1 : -1].clone(),
-                    "valid": inputs["completion_mask"].bool(),
-                    "group_ids": inputs[GROUP_IDS_KEY],
-                    "is_positive": inputs[IS_POSITIVE_KEY],
-                    "weights": pending.pop(),
-                    "group_seed": self._group_seed["train"],
-                }
-            )
-            return stats
-
     tokenizer = make_tokenizer()
     args = ResRLConfig(
         output_dir=str(out / "run"),
@@ -67,13 +35,31 @@ def main() -> None:
             "resrl_rank": 4,  # a truncated randomised PCA: its random start matters
         },
     )
-    trainer = RecordingTrainer(
+    trainer = ResRLTrainer(
         model=make_model(tokenizer),
         reward_funcs=parity_reward,
         args=args,
         train_dataset=make_prompts_dataset(),
         processing_class=tokenizer,
     )
+    token_weights = trainer.placement.token_weights
+
+    def recording(hidden, valid, group_ids, is_positive, mode):  # the placement's seam: states in, weights out
+        result = token_weights(hidden, valid, group_ids, is_positive, mode)
+        records.append(
+            {
+                "step": trainer.state.global_step,
+                "hidden": hidden.clone(),
+                "valid": valid.clone(),
+                "group_ids": group_ids,
+                "is_positive": is_positive,
+                "weights": result.weights,
+                "group_seed": trainer.seeds.group_seed(mode),
+            }
+        )
+        return result
+
+    trainer.placement.token_weights = recording
     trainer.train()
     rank = trainer.accelerator.process_index
     torch.save(records, out / f"records-{rank}.pt")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import COMMON
+from conftest import COMMON, record_training_forwards
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from resrl_trl import ResRLConfig, ResRLTrainer
@@ -117,9 +117,8 @@ def agent_trainer(tmp_path, chat_tokenizer, monkeypatch) -> tuple[ResRLTrainer, 
 
 def test_multi_turn_rollouts_keep_their_group_and_only_model_tokens_are_weighted(agent_trainer, monkeypatch):
     trainer, script = agent_trainer
-    rollouts, masks, weighted = [], [], []
+    rollouts = []
     generate_and_score = trainer._generate_and_score_completions
-    valid_tokens, apply_weights = trainer._valid_tokens, trainer._apply_residual_weights
 
     def spy_rollout(inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = generate_and_score(inputs)
@@ -128,20 +127,8 @@ def test_multi_turn_rollouts_keep_their_group_and_only_model_tokens_are_weighted
         rollouts.append((output, specs, targets, [len(env.calls) for env in trainer.environments]))
         return output
 
-    def spy_valid(inputs: dict[str, Any]) -> torch.Tensor:
-        valid = valid_tokens(inputs)
-        masks.append((inputs["completion_mask"].clone(), inputs["tool_mask"].clone(), valid.clone()))
-        return valid
-
-    def spy_weights(hidden: torch.Tensor, inputs: dict[str, Any]) -> Any:
-        before = inputs["advantages"].clone()
-        stats = apply_weights(hidden, inputs)
-        weighted.append({**inputs, "before": before, "after": inputs["advantages"].clone(), "stats": stats})
-        return stats
-
     monkeypatch.setattr(trainer, "_generate_and_score_completions", spy_rollout)
-    monkeypatch.setattr(trainer, "_valid_tokens", spy_valid)
-    monkeypatch.setattr(trainer, "_apply_residual_weights", spy_weights)
+    weighted = record_training_forwards(trainer.placement)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
 
@@ -160,7 +147,9 @@ def test_multi_turn_rollouts_keep_their_group_and_only_model_tokens_are_weighted
 
     # only the model's own tokens count: TRL's tool_mask marks the tool turns 0, and ResRL's valid tokens are
     # exactly completion_mask & tool_mask
-    assert masks and all(torch.equal(v, c.bool() & t.bool()) for c, t, v in masks)
+    assert weighted and all(
+        torch.equal(b["valid"], b["completion_mask"].bool() & b["tool_mask"].bool()) for b in weighted
+    )
     tool_rows = 0
     for batch in weighted:
         tool_output = batch["completion_mask"].bool() & ~batch["tool_mask"].bool()
@@ -174,7 +163,7 @@ def test_multi_turn_rollouts_keep_their_group_and_only_model_tokens_are_weighted
         before_adv = batch["before"][:, None].expand_as(batch["after"])
         # tool-output tokens of negatives keep their advantage; every own token of a negative is weighted
         assert torch.equal(batch["after"][tool_output & negatives], before_adv[tool_output & negatives])
-        assert int(batch["stats"].weighted_tokens) == int((own & negatives).sum())
+        assert int(batch["result"].token_sums[3]) == int((own & negatives).sum())  # weighted tokens
     assert tool_rows == 6
 
     logs = [h for h in trainer.state.log_history if "loss" in h]

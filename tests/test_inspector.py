@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from resrl_trl.capture import decoder_block
 from resrl_trl.data import arithmetic_dataset
 from resrl_trl.inspector import (
     HTML_FILE,
@@ -21,7 +22,6 @@ from resrl_trl.inspector import (
     token_label,
 )
 from resrl_trl.residual import SubspaceSettings, compute_residual_weights
-from resrl_trl.trainer import decoder_layer_for_hidden_state
 
 pytest.importorskip("gguf")
 
@@ -52,7 +52,7 @@ def test_hidden_states_are_those_training_reads(embedded: tuple) -> None:
     # Training's capture: the output of the decoder block named by resrl_hidden_layer=-2, sliced at the positions
     # whose logits score the completion tokens (ResRLTrainer._apply_residual_weights).
     captured = []
-    handle = decoder_layer_for_hidden_state(model, -2).register_forward_hook(
+    handle = decoder_block(model, -2).register_forward_hook(
         lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output)
     )
     prompt = tokenizer.apply_chat_template(rows["prompt"][0], add_generation_prompt=True, return_tensors="pt",

@@ -34,7 +34,7 @@ def test_resumed_run_repeats_the_uninterrupted_losses(tmp_path, tokenizer, promp
     assert sorted(got) == [1, 2, 3, 4]  # 1-2 from checkpoint-2's state, 3-4 trained after the resume
     for step in (3, 4):  # same data, same sampled completions, same ResRL random streams
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7)
-    assert resumed._generations["train"] == whole._generations["train"]
+    assert resumed.seeds.generations == whole.seeds.generations
 
 
 def test_a_checkpoint_killed_while_written_never_replaces_the_last_good_one(
@@ -78,7 +78,7 @@ def test_non_finite_hidden_states_and_rewards_never_reach_the_weights(tmp_path, 
     trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, max_steps=4, resrl_rank=4)
     trainer.reward_funcs = [reward]
     trainer.reward_func_names = ["reward"]
-    block = trainer._resrl_layer
+    block = trainer.placement.block
     poisoned = {"step": None}
 
     def poison(module, args, output):  # registered before ResRL's hook, so ResRL reads the NaN

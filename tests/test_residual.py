@@ -12,8 +12,6 @@ from resrl_trl.residual import (
     completion_states,
     compute_residual_weights,
     project_onto_group_subspaces,
-    residual_token_weights,
-    think_span_mask,
     token_energies,
 )
 
@@ -82,7 +80,9 @@ def test_matches_exact_spec_on_low_rank_data():
     # Positives lie on a 3-dim affine subspace: after layer norm and centring they span 4 dimensions, so with
     # rank 4 the subspace is well defined and the randomised PCA must find it exactly.
     gen = torch.Generator().manual_seed(0)
-    got = residual_token_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=gen)
+    got = compute_residual_weights(
+        hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=gen
+    ).weights
     want = spec_weights(hidden, valid, group_ids, is_positive, rank=4)
     assert got.dtype == torch.float32 and got.shape == valid.shape
     torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
@@ -97,14 +97,16 @@ def test_default_rank_clamps_to_positive_count_and_width():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives(width=16, length=6, true_rank=12)
     valid[is_positive] = False
     valid[is_positive, :3] = True  # |P| = 6 per group: k = min(64, |P| - 1, H) = 5, the whole centred span
-    got = residual_token_weights(hidden, valid, group_ids, is_positive, generator=torch.Generator().manual_seed(1))
+    got = compute_residual_weights(
+        hidden, valid, group_ids, is_positive, generator=torch.Generator().manual_seed(1)
+    ).weights
     want = spec_weights(hidden, valid, group_ids, is_positive)
     torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
 
 
 def test_rank_clamped_to_hidden_width():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives(width=8, length=20, true_rank=4)
-    got = residual_token_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(rank=64))
+    got = compute_residual_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(rank=64)).weights
     # k = H: every centred vector lies in the subspace, all energies ~0 -> flat -> (0.1 + 1) / 2
     negatives = valid & ~is_positive[:, None]
     torch.testing.assert_close(got[negatives], torch.full_like(got[negatives], 0.55))
@@ -134,7 +136,7 @@ def test_fewer_than_four_positive_tokens_skips_group():
 def test_flat_energies_give_midpoint_weight():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives(groups=1)
     hidden[~is_positive] = hidden[0, 0].clone()  # every negative token identical -> identical energies
-    weights = residual_token_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(min_weight=0.2))
+    weights = compute_residual_weights(hidden, valid, group_ids, is_positive, SubspaceSettings(min_weight=0.2)).weights
     negatives = valid & ~is_positive[:, None]
     torch.testing.assert_close(weights[negatives], torch.full_like(weights[negatives], 0.6))
 
@@ -142,9 +144,9 @@ def test_flat_energies_give_midpoint_weight():
 def test_bf16_input_computed_in_fp32():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives()
     bf16 = hidden.bfloat16()
-    got = residual_token_weights(
+    got = compute_residual_weights(
         bf16, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
-    )
+    ).weights
     want = spec_weights(bf16.float(), valid, group_ids, is_positive, rank=4)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
@@ -152,9 +154,9 @@ def test_bf16_input_computed_in_fp32():
 
 def test_non_finite_group_is_skipped_and_others_unchanged():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives()
-    clean = residual_token_weights(
+    clean = compute_residual_weights(
         hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
-    )
+    ).weights
     hidden[2, 0, 5] = float("nan")  # a valid negative token of group 0
     hidden[4, 1, 0] = float("inf")  # a valid positive token of group 1
     hidden[9, ~valid[9]] = float("nan")  # invalid tokens are never read
@@ -172,18 +174,18 @@ def test_subsampling_keeps_max_pos_tokens_uniformly_and_is_seeded():
     hidden, valid, group_ids, is_positive = exact_low_rank_positives(groups=2, length=40, width=16)
     gen = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
     ten, all_tokens = SubspaceSettings(max_pos_tokens=10), SubspaceSettings(max_pos_tokens=10_000)
-    a = residual_token_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(0))
-    b = residual_token_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(0))
-    c = residual_token_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(1))
-    full = residual_token_weights(hidden, valid, group_ids, is_positive, all_tokens, generator=gen(0))
+    a = compute_residual_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(0)).weights
+    b = compute_residual_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(0)).weights
+    c = compute_residual_weights(hidden, valid, group_ids, is_positive, ten, generator=gen(1)).weights
+    full = compute_residual_weights(hidden, valid, group_ids, is_positive, all_tokens, generator=gen(0)).weights
     torch.testing.assert_close(a, b, atol=0, rtol=0)  # same seed, same subset
     assert not torch.equal(a, c)  # another seed draws another subset
     assert not torch.equal(a, full)
     # With rank 4 (the span of the layer-normed positives), any 10-token subset spans the whole positive set: the
     # weights agree with the full set's up to round-off, which shows the subset is drawn from the right tokens.
-    sub = residual_token_weights(
+    sub = compute_residual_weights(
         hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4, max_pos_tokens=10), generator=gen(3)
-    )
+    ).weights
     ref = spec_weights(hidden, valid, group_ids, is_positive, rank=4)
     assert (sub - ref).abs().max() < 0.05
 
@@ -193,7 +195,7 @@ def test_does_not_touch_global_rng_when_given_a_generator():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    residual_token_weights(
+    compute_residual_weights(
         hidden, valid, group_ids, is_positive, SubspaceSettings(max_pos_tokens=10), generator=torch.Generator()
     )
     assert torch.equal(torch.rand(3), expected)
@@ -213,9 +215,9 @@ def test_stats_are_consistent():
 
 def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="hidden must be"):
-        residual_token_weights(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), torch.zeros(2), torch.zeros(2))
+        compute_residual_weights(torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), torch.zeros(2), torch.zeros(2))
     with pytest.raises(ValueError, match="valid_mask must be"):
-        residual_token_weights(
+        compute_residual_weights(
             torch.zeros(2, 3, 4), torch.ones(2, 4, dtype=torch.bool), torch.zeros(2), torch.zeros(2)
         )
 
@@ -263,40 +265,16 @@ def test_token_energies_match_the_projection():
     assert ((alignment[keep] >= 0) & (alignment[keep] <= 1 + 1e-6)).all()
 
 
-def test_think_span_mask():
-    start, end = [7], [8, 9]
-    ids = torch.tensor(
-        [
-            [1, 7, 2, 3, 8, 9, 4, 5],  # one span, markers included
-            [1, 2, 3, 4, 5, 6, 1, 2],  # none
-            [8, 9, 1, 7, 2, 2, 2, 2],  # stray end marker ignored; span left open runs to the end
-            [7, 8, 9, 7, 1, 8, 9, 3],  # two spans
-        ]
-    )
-    want = torch.tensor(
-        [
-            [0, 1, 1, 1, 1, 1, 0, 0],
-            [0, 0, 0, 0, 0, 0, 0, 0],
-            [0, 0, 0, 1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1, 1, 1, 0],
-        ],
-        dtype=torch.bool,
-    )
-    assert torch.equal(think_span_mask(ids, start, end), want)
-    with pytest.raises(ValueError):
-        think_span_mask(ids, [], end)
-
-
 def test_autocast_does_not_lower_precision():
     """The trainer calls the weights inside the model's autocast region: the maths must still run in fp32."""
     hidden, valid, group_ids, is_positive = exact_low_rank_positives()
-    plain = residual_token_weights(
+    plain = compute_residual_weights(
         hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
-    )
+    ).weights
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = residual_token_weights(
+        autocast = compute_residual_weights(
             hidden, valid, group_ids, is_positive, SubspaceSettings(rank=4), generator=torch.Generator().manual_seed(0)
-        )
+        ).weights
     torch.testing.assert_close(autocast, plain, atol=0, rtol=0)
 
 
@@ -317,14 +295,14 @@ def test_reproduces_the_reference_randomised_pca_on_full_rank_data():
     for seed in range(3):
         torch.manual_seed(seed)
         reference = spec_weights(hidden, valid, group_ids, is_positive, rank=8, pca_lowrank=True).float()
-        ours = residual_token_weights(
+        ours = compute_residual_weights(
             hidden,
             valid,
             group_ids,
             is_positive,
             SubspaceSettings(rank=8),
             generator=torch.Generator().manual_seed(seed),
-        )
+        ).weights
         torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
         assert (reference - exact)[negatives].abs().mean() > 0.01  # the case really is approximate
 

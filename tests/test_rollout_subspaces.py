@@ -6,60 +6,36 @@ import logging
 
 import pytest
 import torch
-from conftest import make_trainer
+from conftest import make_trainer, record_training_forwards
 from peft import LoraConfig
 
-import resrl_trl.placement as placement_module
 from resrl_trl import ResRLTrainer
+from resrl_trl.placement import RolloutPlacement
 from resrl_trl.trainer import GROUP_IDS_KEY
 
 
-def record_row_weights(monkeypatch) -> dict[tuple, torch.Tensor]:
-    """Per completion row seen in training (keyed by group id and token ids): its (T,) ResRL weights."""
+def train_and_record(tmp_path, tokenizer, dataset, **overrides) -> tuple[ResRLTrainer, dict[tuple, torch.Tensor]]:
+    """Train one step; per completion row seen in training (keyed by group id and token ids): its (T,) weights."""
+    trainer = make_trainer(tmp_path, tokenizer, dataset, max_steps=1, resrl_rank=4, **overrides)
+    forwards = record_training_forwards(trainer.placement)
+    trainer.train()
     rows: dict[tuple, torch.Tensor] = {}
-    pending: list[torch.Tensor] = []
-    real_apply = ResRLTrainer._apply_residual_weights
-
-    def apply(self, hidden, inputs):
-        stats = real_apply(self, hidden, inputs)
-        weights = pending.pop()
+    for forward in forwards:
         for group, ids, row in zip(
-            inputs[GROUP_IDS_KEY].tolist(), inputs["completion_ids"].tolist(), weights, strict=True
+            forward[GROUP_IDS_KEY].tolist(), forward["completion_ids"].tolist(), forward["result"].weights, strict=True
         ):
             rows.setdefault((group, tuple(ids)), row.clone())
-        return stats
-
-    def spy(real):
-        def wrapped(*args, **kwargs):
-            result = real(*args, **kwargs)
-            pending.append(result.weights)
-            return result
-
-        return wrapped
-
-    monkeypatch.setattr(ResRLTrainer, "_apply_residual_weights", apply)
-    for name in ("compute_residual_weights", "project_onto_group_subspaces"):
-        monkeypatch.setattr(placement_module, name, spy(getattr(placement_module, name)))
-    return rows
-
-
-def train_and_record(tmp_path, tokenizer, dataset, monkeypatch, **overrides):
-    rows = record_row_weights(monkeypatch)
-    trainer = make_trainer(tmp_path, tokenizer, dataset, max_steps=1, resrl_rank=4, **overrides)
-    trainer.train()
-    monkeypatch.undo()
     return trainer, rows
 
 
-def test_micro_batches_smaller_than_a_group_get_the_in_step_weights(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+def test_micro_batches_smaller_than_a_group_get_the_in_step_weights(tmp_path, tokenizer, prompts_dataset):
     """One optimisation step per generation: in-step subspaces on micro-batches of 8 (two whole groups) and rollout
     subspaces with micro-batches of 2 (half a group each, four accumulated) give the same weights to every row."""
-    _, in_step = train_and_record(tmp_path / "step", tokenizer, prompts_dataset, monkeypatch)
+    _, in_step = train_and_record(tmp_path / "step", tokenizer, prompts_dataset)
     trainer, rollout = train_and_record(
         tmp_path / "rollout",
         tokenizer,
         prompts_dataset,
-        monkeypatch,
         per_device_train_batch_size=2,
         gradient_accumulation_steps=4,
     )
@@ -72,19 +48,15 @@ def test_micro_batches_smaller_than_a_group_get_the_in_step_weights(tmp_path, to
     assert weighted > 0, "the parity reward should give mixed groups"
 
 
-def test_own_weight_position_gives_the_same_weights_in_both_placements(
-    tmp_path, tokenizer, prompts_dataset, monkeypatch
-):
+def test_own_weight_position_gives_the_same_weights_in_both_placements(tmp_path, tokenizer, prompts_dataset):
     """resrl_weight_position="own" keeps the placements' parity, and its weights differ from the reference
     reading's (the previous position's state)."""
-    _, in_step = train_and_record(
-        tmp_path / "step", tokenizer, prompts_dataset, monkeypatch, resrl_weight_position="own"
-    )
+    _, in_step = train_and_record(tmp_path / "step", tokenizer, prompts_dataset, resrl_weight_position="own")
     trainer, rollout = train_and_record(
-        tmp_path / "rollout", tokenizer, prompts_dataset, monkeypatch, resrl_weight_position="own",
+        tmp_path / "rollout", tokenizer, prompts_dataset, resrl_weight_position="own",
         per_device_train_batch_size=2, gradient_accumulation_steps=4,
     )  # fmt: skip
-    _, previous = train_and_record(tmp_path / "previous", tokenizer, prompts_dataset, monkeypatch)
+    _, previous = train_and_record(tmp_path / "previous", tokenizer, prompts_dataset)
     assert trainer.args.resrl_subspace == "rollout"
     assert rollout.keys() == in_step.keys() == previous.keys() and len(rollout) > 1
     weighted = differs = 0
@@ -95,42 +67,37 @@ def test_own_weight_position_gives_the_same_weights_in_both_placements(
     assert weighted > 0 and differs > 0
 
 
-def test_rollout_reuses_trl_old_logprob_forward(tmp_path, tokenizer, prompts_dataset, monkeypatch):
+def test_rollout_reuses_trl_old_logprob_forward(tmp_path, tokenizer, prompts_dataset):
     """When TRL runs its own no-grad forward over the rollout (here: four optimiser steps per generation), the hidden
-    states come from it, equal those of a forward of ResRL's own, and no extra forward runs."""
-    built = []
-    real_build = placement_module.build_group_subspaces
-
-    def spy(hidden, valid, *args, **kwargs):
-        built.append((hidden.clone(), valid.clone()))
-        return real_build(hidden, valid, *args, **kwargs)
-
-    monkeypatch.setattr(placement_module, "build_group_subspaces", spy)
-    own_forward = []
-    real_own = placement_module.RolloutPlacement._completion_hidden_states
-    monkeypatch.setattr(
-        placement_module.RolloutPlacement,
-        "_completion_hidden_states",
-        lambda *a, **k: own_forward.append(1) or real_own(*a, **k),
-    )
-    own_hidden = []
-    real_generate = ResRLTrainer._generate_and_score_completions
-
-    def generate(self, inputs):
-        batch = real_generate(self, inputs)
-        rows = torch.arange(len(batch["completion_ids"]))
-        own_hidden.append(real_own(self._placement, batch, rows, num_chunks=2))  # same policy: no step has run yet
-        return batch
-
-    monkeypatch.setattr(ResRLTrainer, "_generate_and_score_completions", generate)
+    states come from it: no extra forward runs, and the subspaces equal those a forward of ResRL's own builds."""
     trainer = make_trainer(
         tmp_path, tokenizer, prompts_dataset, per_device_train_batch_size=2, steps_per_generation=4, max_steps=1
     )
-    assert trainer._placement.name == "rollout" and trainer._placement._trl_runs_rollout_forward()
+    placement = trainer.placement
+    assert isinstance(placement, RolloutPlacement)
+    real_decoder, own_forwards, twin_subspaces = placement.run_decoder, [], []
+    placement.run_decoder = lambda chunks: own_forwards.append(len(chunks)) or real_decoder(chunks)
+    # A twin built from the same parts that always runs its own forward, at the same seam (no step has run yet).
+    twin = RolloutPlacement(
+        placement.block, placement.settings, placement.weight_position, placement.seeds, run_decoder=real_decoder
+    )
+    real_finish = placement.finish_rollout
+
+    def finish_both(rollout):
+        twin.start_rollout(trl_runs_old_logprob_forward=False)
+        twin.finish_rollout(rollout)
+        twin_subspaces.append(twin.subspaces[rollout.mode])
+        return real_finish(rollout)
+
+    placement.finish_rollout = finish_both
     trainer.train()
-    assert len(built) == 1 and len(own_forward) == 0
-    (hidden, valid), own = built[0], own_hidden[0]
-    torch.testing.assert_close(own[valid], hidden[valid], atol=1e-5, rtol=0)
+    assert own_forwards == [] and len(twin_subspaces) == 1
+    got, own = placement.subspaces["train"], twin_subspaces[0]
+    assert len(got.group_ids) > 0 and torch.equal(got.group_ids, own.group_ids)
+    for field in ("mean", "low", "high"):
+        torch.testing.assert_close(getattr(got, field), getattr(own, field), atol=1e-5, rtol=1e-4)
+    projector = got.basis @ got.basis.transpose(1, 2)
+    torch.testing.assert_close(projector, own.basis @ own.basis.transpose(1, 2), atol=1e-4, rtol=0)
 
 
 def test_rollout_mode_trains_with_micro_batches_of_one(tmp_path, tokenizer, prompts_dataset):
@@ -184,12 +151,11 @@ def test_logged_token_metrics_are_token_means_in_both_placements(tmp_path, token
 
 
 def test_a_forward_that_is_not_the_old_logprob_one_never_builds_subspaces(
-    tmp_path, tokenizer, prompts_dataset, monkeypatch, caplog
+    tmp_path, tokenizer, prompts_dataset, caplog
 ):
     """If the prediction of TRL's old-log-prob forward is wrong (forced here), the hidden states captured are those of
     the reference forward (LoRA with the adapter off, beta > 0): they are discarded, with a warning, for ResRL's own
     forward."""
-    monkeypatch.setattr(placement_module.RolloutPlacement, "_trl_runs_rollout_forward", lambda self: True)
     trainer = make_trainer(
         tmp_path,
         tokenizer,
@@ -201,6 +167,8 @@ def test_a_forward_that_is_not_the_old_logprob_one_never_builds_subspaces(
         max_steps=1,
         resrl_rank=4,
     )
+    start_rollout = trainer.placement.start_rollout
+    trainer.placement.start_rollout = lambda trl_runs_old_logprob_forward: start_rollout(True)  # a wrong prediction
     with caplog.at_level(logging.WARNING, logger="resrl_trl.placement"):
         trainer.train()
     assert "TRL ran no old-log-prob forward" in caplog.text

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import COMMON, grpo_twin, hand_batch, make_model, make_trainer, parity_reward, reference_hidden
+from conftest import (
+    COMMON,
+    grpo_twin,
+    hand_batch,
+    make_model,
+    make_trainer,
+    parity_reward,
+    record_token_weights,
+    reference_hidden,
+)
 from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer
 
-import resrl_trl.placement as placement_module
 from resrl_trl import ResRLConfig, ResRLTrainer, SubspaceSettings, compute_residual_weights
-from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY, shuffle_groups
-
-
-def record_hidden(monkeypatch):
-    seen = []
-    real = placement_module.compute_residual_weights
-
-    def spy(hidden, *args, **kwargs):
-        seen.append(hidden.clone())
-        return real(hidden, *args, **kwargs)
-
-    monkeypatch.setattr(placement_module, "compute_residual_weights", spy)
-    return seen
-
-
-def record_valid_masks(monkeypatch):
-    masks = []
-    real = placement_module.compute_residual_weights
-
-    def spy(hidden, valid, *args, **kwargs):
-        masks.append(valid)
-        return real(hidden, valid, *args, **kwargs)
-
-    monkeypatch.setattr(placement_module, "compute_residual_weights", spy)
-    return masks
+from resrl_trl.advantages import sequence_advantages
+from resrl_trl.placement import shuffle_groups
+from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY
 
 
 @pytest.mark.parametrize("variant", ["plain", "lora", "gradient_checkpointing", "lora+gradient_checkpointing"])
@@ -56,26 +42,26 @@ def test_hook_captures_second_to_last_block_at_aligned_positions(
     checkpointing = "gradient_checkpointing" in variant
     if checkpointing and not trainer.model.is_activation_checkpointing:
         trainer.model.activation_checkpointing_enable()  # Trainer.train() would do this; the test calls the step
-    seen = record_hidden(monkeypatch)
+    seen = record_token_weights(trainer.placement)
     batch = hand_batch(tokenizer)
-    hooks_before = dict(trainer._resrl_layer._forward_hooks)  # transformers keeps hooks of its own there
+    hooks_before = dict(trainer.placement.block._forward_hooks)  # transformers keeps hooks of its own there
     layer_calls = []
-    counter = trainer._resrl_layer.register_forward_hook(lambda *args: layer_calls.append(1))
+    counter = trainer.placement.block.register_forward_hook(lambda *args: layer_calls.append(1))
     trainer.model.train()
     loss = trainer._compute_loss(trainer.model, batch)
-    assert dict(trainer._resrl_layer._forward_hooks) == {
+    assert dict(trainer.placement.block._forward_hooks) == {
         **hooks_before,
         counter.id: counter.hooks_dict_ref()[counter.id],
     }
     loss.backward()
     counter.remove()
     # transformers checkpoints `forward` inside `__call__`, so module hooks run once even when checkpointing
-    assert trainer._resrl_layer.gradient_checkpointing == checkpointing
+    assert trainer.placement.block.gradient_checkpointing == checkpointing
     assert len(layer_calls) == 1
     assert len(seen) == 1
-    assert dict(trainer._resrl_layer._forward_hooks) == hooks_before  # ResRL's hook is gone after the step
+    assert dict(trainer.placement.block._forward_hooks) == hooks_before  # ResRL's hook is gone after the step
     trainer.model.eval()
-    torch.testing.assert_close(seen[0], reference_hidden(trainer.model, batch), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen[0]["hidden"], reference_hidden(trainer.model, batch), atol=1e-5, rtol=1e-5)
     assert batch["advantages"].dim() == 1  # the caller's (buffered) batch is untouched
 
 
@@ -85,7 +71,7 @@ def test_hook_reads_the_configured_weight_position(position, tmp_path, tokenizer
     trainer = make_trainer(
         tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False, resrl_weight_position=position
     )
-    seen = record_hidden(monkeypatch)
+    seen = record_token_weights(trainer.placement)
     batch = hand_batch(tokenizer)
     trainer._compute_loss(trainer.model, batch)
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
@@ -94,13 +80,13 @@ def test_hook_reads_the_configured_weight_position(position, tmp_path, tokenizer
         states = trainer.model(input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[-2]
     tokens, length = batch["completion_ids"].size(1), input_ids.size(1)
     start = length - tokens - (position == "previous")
-    torch.testing.assert_close(seen[0], states[:, start : start + tokens], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(seen[0]["hidden"], states[:, start : start + tokens], atol=1e-5, rtol=1e-5)
 
 
 def test_hook_uses_first_forward_when_the_block_runs_again(tmp_path, tokenizer, prompts_dataset, monkeypatch):
     """Some checkpointing wrappers re-enter the block's __call__ on recomputation: only the first run counts."""
     trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False)
-    seen = record_hidden(monkeypatch)
+    seen = record_token_weights(trainer.placement)
     real = trainer._get_per_token_logps_and_entropies
 
     def run_twice(model, input_ids, *args, **kwargs):
@@ -115,32 +101,32 @@ def test_hook_uses_first_forward_when_the_block_runs_again(tmp_path, tokenizer, 
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
     with torch.no_grad():
         first = trainer.model(input_ids=input_ids * 0 + 5, output_hidden_states=True).hidden_states[-2]
-    torch.testing.assert_close(seen[0], first[:, -batch["completion_ids"].size(1) - 1 : -1])
+    torch.testing.assert_close(seen[0]["hidden"], first[:, -batch["completion_ids"].size(1) - 1 : -1])
 
 
-@pytest.mark.parametrize("mode, positive_factor", [("resrl", 0.1), ("resrl_tokens_only", 1.0)])
-def test_per_token_advantages_equal_grpo_loss_with_those_advantages(
-    mode, positive_factor, tmp_path, tokenizer, prompts_dataset
-):
+@pytest.mark.parametrize("mode", ["resrl", "resrl_tokens_only"])
+def test_per_token_advantages_equal_grpo_loss_with_those_advantages(mode, tmp_path, tokenizer, prompts_dataset):
+    """The loss reads the rollout's sequence advantages (positives scaled for resrl) times the token weights."""
     resrl = make_trainer(
         tmp_path, tokenizer, prompts_dataset, resrl_rank=4, gradient_checkpointing=False, advantage_mode=mode
     )
     grpo = grpo_twin(tmp_path, tokenizer, prompts_dataset, resrl)
     batch = hand_batch(tokenizer)
+    positive = batch[IS_POSITIVE_KEY]
+    batch["advantages"] = sequence_advantages(mode, batch["advantages"], positive.float(), positive, pos_weight=0.1)
+    resrl.seeds.advance("train", num_groups=2)  # as a rollout of the batch's two groups would
     hidden = reference_hidden(resrl.model, batch)
     expected = compute_residual_weights(
         hidden,
         batch["completion_mask"].bool(),
         batch[GROUP_IDS_KEY],
-        batch[IS_POSITIVE_KEY],
+        positive,
         SubspaceSettings(rank=4),
-        group_seed=7,
+        group_seed=resrl.seeds.group_seed("train"),
     )
     assert ((expected.weights < 1) & (expected.weights >= 0.1)).any()  # the test exercises real weights
-    factor = torch.where(batch[IS_POSITIVE_KEY][:, None], positive_factor, expected.weights)
-    per_token = dict(batch, advantages=batch["advantages"][:, None] * factor)
+    per_token = dict(batch, advantages=batch["advantages"][:, None] * expected.weights)
 
-    resrl._group_seed["train"] = 7
     loss_resrl = resrl._compute_loss(resrl.model, batch)
     loss_grpo = grpo._compute_loss(grpo.model, per_token)
     torch.testing.assert_close(loss_resrl, loss_grpo, atol=1e-6, rtol=1e-5)
@@ -243,26 +229,26 @@ def test_think_mask_removes_think_tokens(tmp_path, tokenizer, prompts_dataset, m
         resrl_think_end="]",
         gradient_checkpointing=False,
     )
-    masks = record_valid_masks(monkeypatch)
+    seen = record_token_weights(trainer.placement)
     batch = hand_batch(tokenizer)
     open_id, close_id = tokenizer.convert_tokens_to_ids(["[", "]"])
     batch["completion_ids"][2, 1], batch["completion_ids"][2, 4] = open_id, close_id
     trainer._compute_loss(trainer.model, batch)
     expected = batch["completion_mask"].bool().clone()
     expected[2, 1:5] = False
-    assert torch.equal(masks[0], expected)
+    assert torch.equal(seen[0]["valid"], expected)
 
 
 def test_tool_output_is_neither_weighted_nor_used_for_the_basis(tmp_path, tokenizer, prompts_dataset, monkeypatch):
     trainer = make_trainer(tmp_path, tokenizer, prompts_dataset, gradient_checkpointing=False)
-    masks = record_valid_masks(monkeypatch)
+    seen = record_token_weights(trainer.placement)
     batch = hand_batch(tokenizer)
     batch["tool_mask"] = torch.ones_like(batch["completion_mask"])
     batch["tool_mask"][3, 2:5] = 0  # tokens 2-4 of a negative completion came from a tool
     trainer._compute_loss(trainer.model, batch)
     expected = batch["completion_mask"].bool().clone()
     expected[3, 2:5] = False
-    assert torch.equal(masks[0], expected)
+    assert torch.equal(seen[0]["valid"], expected)
 
 
 @pytest.mark.parametrize(

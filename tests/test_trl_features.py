@@ -11,6 +11,7 @@ from conftest import checksum_reward, grpo_twin, hand_batch, make_model, make_tr
 from peft import LoraConfig
 
 from resrl_trl import ResRLConfig, ResRLTrainer
+from resrl_trl.advantages import sequence_advantages
 from resrl_trl.residual import SubspaceSettings, compute_residual_weights
 from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY
 
@@ -37,20 +38,21 @@ def test_every_loss_type_uses_the_per_token_advantages(loss_type, extra, tmp_pat
     grpo.loss_type, grpo.importance_sampling_level = loss_type, extra.get("importance_sampling_level", "token")
     resrl.importance_sampling_level = grpo.importance_sampling_level
     batch = hand_batch(tokenizer)
+    positive = batch[IS_POSITIVE_KEY]
+    batch["advantages"] = sequence_advantages("resrl", batch["advantages"], positive.float(), positive, pos_weight=0.1)
+    resrl.seeds.advance("train", num_groups=2)  # as a rollout of the batch's two groups would
     hidden = reference_hidden(resrl.model, batch)
     expected = compute_residual_weights(
         hidden,
         batch["completion_mask"].bool(),
         batch[GROUP_IDS_KEY],
-        batch[IS_POSITIVE_KEY],
+        positive,
         SubspaceSettings(rank=4),
-        group_seed=7,
+        group_seed=resrl.seeds.group_seed("train"),
     )
-    factor = torch.where(batch[IS_POSITIVE_KEY][:, None], 0.1, expected.weights)
-    resrl._group_seed["train"] = 7
     loss = resrl._compute_loss(resrl.model, batch)
     torch.testing.assert_close(
-        loss, grpo._compute_loss(grpo.model, dict(batch, advantages=batch["advantages"][:, None] * factor))
+        loss, grpo._compute_loss(grpo.model, dict(batch, advantages=batch["advantages"][:, None] * expected.weights))
     )
     assert not torch.allclose(loss, grpo._compute_loss(grpo.model, batch))  # the weights change this loss type
 
@@ -176,7 +178,7 @@ def test_logged_head_interference_matches_the_analysis(tmp_path, tokenizer, prom
     trainer = make_trainer(
         tmp_path, tokenizer, prompts_dataset, resrl_rank=4, resrl_log_interference=True, gradient_checkpointing=False
     )
-    trainer._group_seed["train"] = 7
+    trainer.seeds.advance("train", num_groups=2)
     batch = hand_batch(tokenizer)
     trainer._compute_loss(trainer.model, batch)
     logged = trainer._metrics["train"]
@@ -187,7 +189,7 @@ def test_logged_head_interference_matches_the_analysis(tmp_path, tokenizer, prom
     logits = trainer.model.get_output_embeddings()(final) / trainer.temperature
     weights = compute_residual_weights(
         hidden, batch["completion_mask"].bool(), batch[GROUP_IDS_KEY], batch[IS_POSITIVE_KEY],
-        SubspaceSettings(rank=4), group_seed=7,
+        SubspaceSettings(rank=4), group_seed=trainer.seeds.group_seed("train"),
     ).weights  # fmt: skip
     expected = interference(
         final, logits, batch["completion_ids"], batch["completion_mask"].bool(), batch["advantages"],

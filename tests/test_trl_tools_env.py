@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import COMMON, make_model, make_prompts_dataset, make_tokenizer
+from conftest import COMMON, make_model, make_prompts_dataset, make_tokenizer, record_training_forwards
 from datasets import Dataset
 from transformers import PreTrainedTokenizerFast
 
 from resrl_trl import ResRLConfig, ResRLTrainer
-from resrl_trl.trainer import IS_POSITIVE_KEY
+from resrl_trl.placement import IS_POSITIVE_KEY, Rollout
 
 TOOL_TOKENS = ["<tool>", "<call>", "</call>"]
 
@@ -190,32 +190,18 @@ def make_tool_trainer(
     return trainer, script
 
 
-def record_weighting(trainer: ResRLTrainer, monkeypatch: pytest.MonkeyPatch) -> tuple[list, list]:
-    """Spy on the trainer: every valid-token mask it builds, and every micro-batch it weights (with the advantages
-    before and after ResRL's weights and the token statistics)."""
-    masks, weighted = [], []
-    valid_tokens, apply_weights = trainer._valid_tokens, trainer._apply_residual_weights
+def record_weighting(trainer: ResRLTrainer) -> tuple[list, list]:
+    """Watch the placement's seams: every valid-token mask it is given (a rollout's, for its subspaces, and each
+    training forward's), and every micro-batch it weights (with the advantages before and after and the token sums)."""
+    masks: list = []
+    weighted = record_training_forwards(trainer.placement)
+    finish_rollout = trainer.placement.finish_rollout
 
-    def spy_valid(inputs: dict[str, Any]) -> torch.Tensor:
-        valid = valid_tokens(inputs)
-        masks.append((inputs["completion_mask"].clone(), inputs.get("tool_mask"), valid.clone()))
-        return valid
+    def recording_finish(rollout: Rollout) -> dict[str, float]:
+        masks.append((rollout.batch["completion_mask"].clone(), rollout.batch.get("tool_mask"), rollout.valid.clone()))
+        return finish_rollout(rollout)
 
-    def spy_weights(hidden: torch.Tensor, inputs: dict[str, Any]) -> Any:
-        before = inputs["advantages"].clone()
-        stats = apply_weights(hidden, inputs)
-        weighted.append(
-            {
-                **{k: v for k, v in inputs.items() if k != "advantages"},
-                "before": before,
-                "after": inputs["advantages"].clone(),
-                "stats": stats,
-            }
-        )
-        return stats
-
-    monkeypatch.setattr(trainer, "_valid_tokens", spy_valid)
-    monkeypatch.setattr(trainer, "_apply_residual_weights", spy_weights)
+    trainer.placement.finish_rollout = recording_finish
     return masks, weighted
 
 
@@ -232,6 +218,7 @@ def train_and_check_update(trainer: ResRLTrainer) -> list[dict[str, float]]:
 def check_tool_output_left_out(tokenizer: PreTrainedTokenizerFast, masks: list, weighted: list) -> None:
     """Tool-output tokens (tool_mask 0) are exactly the tool turns TRL appended; ResRL's valid mask leaves them out,
     they keep weight 1 and are not counted among the weighted tokens; other negative tokens get ResRL weights."""
+    masks = masks + [(batch["completion_mask"], batch["tool_mask"], batch["valid"]) for batch in weighted]
     assert masks and all(tool_mask is not None for _, tool_mask, _ in masks)
     for completion_mask, tool_mask, valid in masks:
         assert torch.equal(valid, completion_mask.bool() & tool_mask.bool())
@@ -250,7 +237,7 @@ def check_tool_output_left_out(tokenizer: PreTrainedTokenizerFast, masks: list, 
         assert torch.equal(batch["after"][tool_output & negatives], before[tool_output & negatives])
         valid_negative = completion_mask.bool() & tool_mask.bool() & negatives
         # Every group is mixed (two right, two wrong), so every valid token of a negative completion is weighted.
-        assert int(batch["stats"].weighted_tokens) == int(valid_negative.sum())
+        assert int(batch["result"].token_sums[3]) == int(valid_negative.sum())  # the weighted tokens
         reweighted += int((batch["after"][valid_negative] != before[valid_negative]).sum())
     assert tool_rows, "no completion carried tool output"
     assert reweighted, "no negative token got a ResRL weight"
@@ -261,7 +248,7 @@ def test_tool_calls_train_with_tool_output_left_out(placement, tmp_path, tool_to
     trainer, script = make_tool_trainer(
         tmp_path, tool_tokenizer, placement, monkeypatch, reward_funcs=answer_reward, tools=[add]
     )
-    masks, weighted = record_weighting(trainer, monkeypatch)
+    masks, weighted = record_weighting(trainer)
     logs = train_and_check_update(trainer)
     assert script.turns == [8, 6]  # the first turn, then the six completions that called the tool
     assert logs[0]["tools/call_frequency"] == pytest.approx(6 / 8)
@@ -287,7 +274,7 @@ def test_environment_reward_decides_positives_without_reward_funcs(placement, tm
         tmp_path, tool_tokenizer, placement, monkeypatch, config=config, environment_factory=AdderEnvironment
     )
     assert trainer.reward_func_names == ["AdderEnvironment"]
-    masks, weighted = record_weighting(trainer, monkeypatch)
+    masks, weighted = record_weighting(trainer)
     rollouts = []
     generate_and_score = trainer._generate_and_score_completions
 

@@ -21,11 +21,17 @@ import torch.distributed as dist
 from transformers.integrations import HfDeepSpeedConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import make_model, make_prompts_dataset, make_tokenizer, parity_reward  # noqa: E402
+from conftest import (  # noqa: E402
+    make_model,
+    make_prompts_dataset,
+    make_tokenizer,
+    parity_reward,
+    record_training_forwards,
+)
 
-import resrl_trl.placement as placement_module  # noqa: E402
 from resrl_trl import ResRLConfig, ResRLTrainer, SubspaceSettings, compute_residual_weights  # noqa: E402
-from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY  # noqa: E402
+from resrl_trl.masks import valid_completion_tokens  # noqa: E402
+from resrl_trl.placement import GROUP_IDS_KEY, IS_POSITIVE_KEY, Rollout  # noqa: E402
 
 GROUP_SIZE = 4
 
@@ -69,17 +75,6 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     tokenizer = make_tokenizer()
     report: dict = {"rank": rank}
-    weights_seen: list[torch.Tensor] = []
-    for name in ("compute_residual_weights", "project_onto_group_subspaces"):
-        real = getattr(placement_module, name)
-
-        def spy(*args, _real=real, **kwargs):
-            result = _real(*args, **kwargs)
-            weights_seen.append(result.weights)
-            return result
-
-        setattr(placement_module, name, spy)
-
     for subspace, batch_size in (("step", 8), ("rollout", 2)):
         config = {
             "train_micro_batch_size_per_gpu": batch_size,
@@ -126,23 +121,22 @@ def main() -> None:
             positives = [True] * 4 + [True, False, True, False] + [False, True, False, False]
             full = global_batch(tokenizer, 12, positives)
         local = local_slice(full, rank, world)
-        trainer._group_seed["train"] = 1234
-        if subspace == "rollout":
-            all_positive = full[IS_POSITIVE_KEY]
-            trainer._placement.finish_rollout(local, all_positive, GROUP_SIZE, "train")
-        weights_seen.clear()
+        trainer.seeds.advance("train", num_groups=len(full[IS_POSITIVE_KEY]) // GROUP_SIZE)
+        valid = valid_completion_tokens(local["completion_ids"], local["completion_mask"])
+        trainer.placement.finish_rollout(Rollout(local, valid, full[IS_POSITIVE_KEY], GROUP_SIZE, "train", batch_size))
+        forwards = record_training_forwards(trainer.placement)
         engine.train()
         loss = trainer._compute_loss(engine, local)
         engine.backward(loss)
         engine.step()
-        got = weights_seen[-1]
+        got = forwards[-1]["result"].weights
         expected = compute_residual_weights(
             reference_hidden(reference, full),
             full["completion_mask"].bool(),
             full[GROUP_IDS_KEY],
             full[IS_POSITIVE_KEY],
             SubspaceSettings(rank=4),
-            group_seed=1234,
+            group_seed=trainer.seeds.group_seed("train"),
         ).weights
         expected = local_slice({"w": expected}, rank, world)["w"]
         report[subspace] = {

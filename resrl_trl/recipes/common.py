@@ -158,7 +158,7 @@ def changed_resrl_settings(args: ResRLConfig) -> list[str]:
             continue
         default = spec.default_factory() if spec.default is MISSING else spec.default
         if spec.name == "resrl_subspace" and default == "auto":  # resolved when the config was built
-            default = "step" if args.per_device_train_batch_size % args.num_generations == 0 else "rollout"
+            default = args.auto_subspace
         if getattr(args, spec.name) != default:
             changed.append(f"--{spec.name} {getattr(args, spec.name)}")
     return changed
