@@ -45,7 +45,7 @@ demo: install
 		--config_file recipes/accelerate/cpu.yaml recipes/math.py $(ARGS)
 
 test: install
-	$(VENV)/bin/ruff check resrl_trl recipes tests benchmarks
+	$(VENV)/bin/ruff check resrl_trl recipes tests benchmarks experiments
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
 
 # The vLLM tests alone: vLLM's CPU build pins its threads to the cores and slows down badly beside another job.
@@ -53,8 +53,8 @@ test-vllm: install-vllm
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(VLLM_CPU_ENV) $(VLLM_VENV)/bin/python -m pytest -q tests/with_vllm
 
 lint: install
-	$(VENV)/bin/ruff check resrl_trl recipes tests benchmarks
-	$(VENV)/bin/ruff format --check resrl_trl recipes tests benchmarks
+	$(VENV)/bin/ruff check resrl_trl recipes tests benchmarks experiments
+	$(VENV)/bin/ruff format --check resrl_trl recipes tests benchmarks experiments
 
 benchmark: install
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/step_overhead.py

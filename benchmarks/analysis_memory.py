@@ -7,7 +7,7 @@ For each completion length, in a fresh process: a randomly initialised model wit
 hidden size (2,560) and layer shapes but ``--layers`` decoder blocks (the analysis keeps one block's states, so its
 memory does not depend on depth; a 36-block model adds only its weights), one group of ``--group_size``
 completions of that length after a 64-token prompt (random tokens, half of them "correct"), then exactly what
-``benchmarks/analysis_report.py`` does per group: the decoder-only forward one row at a time with the block and
+``experiments/analysis_report.py`` does per group: the decoder-only forward one row at a time with the block and
 final-norm states captured (:func:`resrl_trl.inspector.block_states`), ResRL's weights at five ranks, the rank
 variance shares on the positive tokens subsampled to ``max_pos_tokens`` as training does, held-out energies, and the
 three ``(V, H)`` head-gradient sums. Reported: the process's peak resident memory above what it held once the model
@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from common import QWEN3_4B, analyse_group, run_in_own_process
+from common import QWEN3_4B, run_in_own_process
+
+from resrl_trl.analysis import analyse_group
 
 GIB = 2**30
 

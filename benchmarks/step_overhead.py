@@ -77,16 +77,13 @@ def run_variant(opts: argparse.Namespace) -> dict:
 
 def time_weights(trainer, batch: dict, opts: argparse.Namespace) -> dict:
     """The weights alone, on the hidden states of this batch: all groups at once vs one call per group."""
+    from resrl_trl.capture import capture_outputs
     from resrl_trl.residual import compute_residual_weights
 
     captured = []
-    handle = trainer._resrl_layer.register_forward_hook(
-        lambda m, a, o: captured.append(o[0] if isinstance(o, tuple) else o)
-    )
-    with torch.no_grad():
+    with torch.no_grad(), capture_outputs(trainer.placement.block, captured.append):
         ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
         trainer.model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    handle.remove()
     hidden = captured[0][:, opts.prompt_len - 1 : -1].detach()
     valid, groups, pos = batch["completion_mask"].bool(), batch["resrl_group_ids"], batch["resrl_is_positive"]
 

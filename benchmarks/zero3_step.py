@@ -39,6 +39,8 @@ from common import (
     synthetic_rollout,
 )
 
+from resrl_trl.placement import Rollout, RolloutPlacement
+
 VARIANTS = ("grpo_whole", "resrl_whole", "grpo_part", "resrl_part")
 
 
@@ -97,7 +99,9 @@ def run_variant(opts: argparse.Namespace) -> dict:
         if resrl and not whole:  # once per generation: the group's subspace from all its completions
             sync(opts.device)
             start = time.perf_counter()
-            trainer._placement.finish_rollout(group, group["resrl_is_positive"], opts.group_size, "train")
+            valid = group["completion_mask"].bool()
+            rollout = Rollout(group, valid, group["resrl_is_positive"], opts.group_size, "train", micro)
+            trainer.placement.finish_rollout(rollout)
             sync(opts.device)
             build_times.append(time.perf_counter() - start)
         for part in parts:
@@ -117,20 +121,28 @@ def run_variant(opts: argparse.Namespace) -> dict:
     if build_times:
         result["rollout_build_s"] = sorted(build_times)[len(build_times) // 2]
     if resrl:
-        result.update(time_weights_alone(trainer, group, opts))
+        result.update(time_weights_alone(trainer, engine, group, opts))
     return result
 
 
-def time_weights_alone(trainer, group: dict, opts: argparse.Namespace) -> dict:
+def time_weights_alone(trainer, engine, group: dict, opts: argparse.Namespace) -> dict:
     """The ResRL maths alone on this group's hidden states: in-step weights, rollout build, projection."""
-    from resrl_trl.placement import RolloutPlacement
     from resrl_trl.residual import build_group_subspaces, compute_residual_weights, project_onto_group_subspaces
 
     rows = torch.arange(opts.group_size, device=opts.device)
+
+    def run_decoder(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:  # the decoder stack, no LM head
+        for input_ids, attention_mask in chunks:
+            engine.module.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
     with torch.no_grad():
         num_chunks = opts.group_size // opts.part_size
-        # The rollout placement's forward reads the hidden states, whichever placement the variant trains with.
-        hidden = RolloutPlacement(trainer)._completion_hidden_states(group, rows, num_chunks=num_chunks)
+        # A rollout placement's forward reads the hidden states, whichever placement the variant trains with.
+        placement = trainer.placement
+        twin = RolloutPlacement(
+            placement.block, placement.settings, placement.weight_position, placement.seeds, run_decoder=run_decoder
+        )
+        hidden = twin.completion_hidden_states(group, rows, num_chunks=num_chunks)
     valid, ids, positive = group["completion_mask"].bool(), group["resrl_group_ids"], group["resrl_is_positive"]
     subspaces, _ = build_group_subspaces(hidden, valid, ids, positive, num_groups=1, group_seed=0)
     calls = {

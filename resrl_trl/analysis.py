@@ -13,21 +13,33 @@ Three questions a reader of the paper asks and it does not answer:
   :func:`cosine` compares the positives' and the negatives' gradients, with and without ResRL's token weights.
 
 Everything runs in float32 and follows the conventions of :mod:`resrl_trl.residual` (layer norm without affine
-parameters, eps 1e-5).
+parameters, eps 1e-5). :func:`analyse_group` puts them together for one sampled group, as
+``experiments/analysis_report.py`` and ``benchmarks/analysis_memory.py`` run them.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from .residual import LAYER_NORM_EPS, SubspaceSettings, build_group_subspaces, token_energies
+from .residual import (
+    LAYER_NORM_EPS,
+    SubspaceSettings,
+    build_group_subspaces,
+    compute_residual_weights,
+    subspace_positive_states,
+    token_energies,
+)
 
 __all__ = [
+    "RANKS",
+    "analyse_group",
+    "grpo_advantages",
     "balanced_partitions",
     "HeadGradients",
     "HeldOutEnergies",
@@ -449,3 +461,48 @@ def weighted_negative_share(
                 eligible += 1
                 weighted += group_ids[r] in present
     return weighted / eligible if eligible else float("nan")
+
+
+RANKS = (8, 16, 32, 64, 128)
+"""The ranks the analysis compares (the paper's 64 among them)."""
+
+
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """TRL's default advantages: reward minus the group mean, over the group standard deviation."""
+    advantages = torch.zeros_like(rewards)
+    for group in group_ids.unique():
+        rows = group_ids == group
+        values = rewards[rows]
+        advantages[rows] = (values - values.mean()) / (values.std() + eps)
+    return advantages
+
+
+def analyse_group(groups: Any, sums: HeadGradients, settings: SubspaceSettings, seed: int) -> dict | None:
+    """One group's rank, weight-correlation and held-out numbers (None unless it gets token weights); adds its
+    head gradients to ``sums``. Holds one group's states and three (V, H) gradient sums, nothing more."""
+    is_positive = groups.rewards > 0
+    hidden, mask, group_ids = groups.hidden, groups.completion_mask, groups.group_ids
+    weights = {
+        rank: compute_residual_weights(
+            hidden, mask, group_ids, is_positive, replace(settings, rank=rank), group_seed=seed
+        ).weights
+        for rank in RANKS
+    }
+    advantages = grpo_advantages(groups.rewards.nan_to_num(0.0), group_ids)
+    sums.add(groups.final_hidden, groups.completion_ids, mask, advantages, is_positive, weights[64])
+    kept = subspace_positive_states(hidden, mask, group_ids, is_positive, settings, group_seed=seed)
+    if not kept:
+        return None
+    (positive_hidden,) = kept.values()  # the positive tokens training builds the subspace from (subsampled)
+    held = heldout_energies(hidden, mask, group_ids, is_positive, settings, group_seed=seed)
+    weighted = mask & ~is_positive[:, None]
+    return {
+        "positive_tokens": int((mask & is_positive[:, None]).sum()),
+        "subspace_tokens": int(positive_hidden.shape[0]),
+        "negative_tokens": int(weighted.sum()),
+        "variance_share": variance_share_by_rank(positive_hidden, RANKS).tolist(),
+        "weight_correlation_with_rank_64": [weight_correlation(weights[r], weights[64], weighted) for r in RANKS],
+        "heldout_positive_energy": held.positive.tolist(),
+        "negative_energy": held.negative.tolist(),
+        "separation": held.separation,
+    }

@@ -338,7 +338,7 @@ class RolloutPlacement(Placement):
         with capture_outputs(self.block, on_output):
             yield
 
-    def _completion_hidden_states(self, batch: dict[str, Any], rows: torch.Tensor, num_chunks: int) -> torch.Tensor:
+    def completion_hidden_states(self, batch: dict[str, Any], rows: torch.Tensor, num_chunks: int) -> torch.Tensor:
         """Hidden states at the completion positions of ``rows``, from one no-grad forward in ``num_chunks`` chunks
         (the same number on every process, as ZeRO-3 needs; a process with fewer rows runs a throwaway chunk)."""
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
@@ -384,7 +384,7 @@ class RolloutPlacement(Placement):
             # Only the completions of mixed groups are needed; every process runs as many chunks as the busiest.
             num_chunks = int((-(-row_mixed.sum(1) // rollout.rows_per_forward)).max())
             rows = row_mixed[self.collective.process_index].nonzero().flatten().to(device)
-            hidden = self._completion_hidden_states(batch, rows, num_chunks)
+            hidden = self.completion_hidden_states(batch, rows, num_chunks)
         subspaces, _ = build_group_subspaces(  # its group counts cover mixed groups only: the full ones come below
             hidden,
             rollout.valid[rows],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import COMMON, make_model, make_trainer, parity_reward
+from conftest import COMMON, make_model, make_trainer, parity_reward, record_training_forwards
 from trl import GRPOTrainer
 
 from resrl_trl import ResRLConfig, ResRLTrainer
@@ -90,6 +90,7 @@ def test_completions_table_shows_the_advantages_used(mode, tmp_path, tokenizer, 
     grpo = make_trainer(tmp_path / "grpo", tokenizer, prompts_dataset, cls=GRPOTrainer, max_steps=1)
     grpo.train()
     ours = make_trainer(tmp_path / "ours", tokenizer, prompts_dataset, advantage_mode=mode, max_steps=1, resrl_rank=4)
+    forwards = record_training_forwards(ours.placement) if ours.placement is not None else []
     ours.train()
     rewards = torch.tensor(ours._logs["rewards"]["parity_reward"])
     assert torch.equal(rewards, torch.tensor(grpo._logs["rewards"]["parity_reward"]))
@@ -102,4 +103,8 @@ def test_completions_table_shows_the_advantages_used(mode, tmp_path, tokenizer, 
         "resrl_pos_only": torch.where(positive, 0.1 * trl_advantages, trl_advantages),
         "resrl_tokens_only": trl_advantages,
     }[mode]
-    torch.testing.assert_close(torch.tensor(list(ours._logs["advantages"])), expected.float())
+    table = torch.tensor(list(ours._logs["advantages"]))
+    torch.testing.assert_close(table, expected.float())
+    if forwards:  # the table holds exactly what the training forwards read (in the rollout's order, not theirs)
+        read = torch.cat([forward["before"] for forward in forwards])
+        assert torch.equal(read.sort().values, table.sort().values)

@@ -1,4 +1,5 @@
-"""The package's shape: no import cycle between its modules, no oversized class, and pure maths modules."""
+"""The package's shape: no import cycle between its modules, no oversized class, pure maths modules, a placement that
+never reads the trainer, and experiments that import only the package."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "resrl_trl"
-PURE_MODULES = ("residual", "advantages", "analysis", "metrics")
+PURE_MODULES = ("residual", "advantages", "analysis", "metrics", "masks", "capture")
 FRAMEWORKS = ("trl", "transformers", "accelerate", "peft", "deepspeed", "vllm")
 MAX_CLASS_LINES = 250
+REPO = PACKAGE.parent
 
 
 def module_name(path: Path) -> str:
@@ -68,3 +70,36 @@ def test_maths_modules_import_no_framework() -> None:
         imported = imports_of(PACKAGE / f"{name}.py")
         frameworks = sorted(m for m in imported if m.split(".")[0] in FRAMEWORKS)
         assert not frameworks, f"resrl_trl/{name}.py imports {frameworks}"
+
+
+def test_only_the_trainer_reads_a_trainers_private_state() -> None:
+    """``trainer._anything`` appears nowhere but in trainer.py, and the placement is never handed a trainer at all."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "trainer.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "trainer":
+                assert not node.attr.startswith("_"), f"{path.name}:{node.lineno} reads trainer.{node.attr}"
+    placement = ast.parse((PACKAGE / "placement.py").read_text())
+    names = {node.id for node in ast.walk(placement) if isinstance(node, ast.Name)}
+    names |= {node.arg for node in ast.walk(placement) if isinstance(node, ast.arg)}
+    assert "trainer" not in names
+
+
+def test_experiments_import_only_the_package() -> None:
+    """The scripts that write docs/ depend on resrl_trl and third-party packages, not on benchmark or test helpers."""
+    local = {p.stem for folder in ("benchmarks", "experiments", "tests") for p in (REPO / folder).glob("*.py")}
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        helpers = {name.split(".")[0] for name in imports_of_script(path)} & (local | {"benchmarks", "tests"})
+        assert not helpers, f"experiments/{path.name} imports {sorted(helpers)}"
+
+
+def imports_of_script(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            found.add(node.module or "")
+    return found

@@ -1,4 +1,4 @@
-"""The fault scenarios that tests/test_reliability.py asserts and benchmarks/reliability_report.py reports on."""
+"""The fault scenarios that tests/test_reliability.py asserts and experiments/reliability_report.py reports on."""
 
 from __future__ import annotations
 

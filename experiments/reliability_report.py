@@ -1,7 +1,7 @@
 """The figures of docs/reliability.md: each fault scenario run on a tiny model on the CPU, outcomes printed as
 Markdown.
 
-    python benchmarks/reliability_report.py > docs/runs/reliability_report.md
+    python experiments/reliability_report.py > docs/runs/reliability_report.md
 
 The same scenarios (resrl_trl/testing/faults.py) are asserted by tests/test_reliability.py; this script prints
 what happened in each.
@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import peak_memory_mb
 from transformers import TrainerCallback
 
 from resrl_trl.rewards import MathReward
@@ -76,7 +76,8 @@ def long_run_rows(tmp: Path) -> list[str]:
     class Probe(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003, ANN201
             if state.global_step in (1, 50, 100, 150, 200):
-                rows.append(f"| {state.global_step} | {peak_memory_mb('cpu'):.1f} | {hooks()} |")
+                peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+                rows.append(f"| {state.global_step} | {peak_mib:.1f} | {hooks()} |")
 
     trainer.add_callback(Probe())
     trainer.train()

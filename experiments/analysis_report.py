@@ -1,7 +1,7 @@
 """Rank, information and gradient-interference measurements of ResRL's weighting on sampled groups.
 
-    python benchmarks/analysis_report.py                               # embedded SmolLM2-135M, arithmetic prompts
-    python benchmarks/analysis_report.py --adapter outputs/demo --num_prompts 64
+    python experiments/analysis_report.py                               # embedded SmolLM2-135M, arithmetic prompts
+    python experiments/analysis_report.py --adapter outputs/demo --num_prompts 64
 
 Samples ``num_generations`` completions for each of ``num_prompts`` prompts at training's temperature, reads the
 hidden states training reads (and the output head's inputs and logits), and reports, over the groups that hold both
@@ -30,10 +30,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from common import RANKS, add_sampling_arguments, analyse_group, load_policy_and_prompts
 
-from resrl_trl.analysis import HeadGradients
-from resrl_trl.inspector import iter_groups
+from resrl_trl.analysis import RANKS, HeadGradients, analyse_group
+from resrl_trl.inspector import add_sampling_arguments, iter_groups, load_policy_and_prompts
 from resrl_trl.residual import SubspaceSettings
 from resrl_trl.rewards import math_reward
 

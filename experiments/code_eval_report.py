@@ -3,7 +3,7 @@
 ``summary.json``, then what ended the samples.
 
     resrl-eval --dataset humaneval --max_problems 16 --num_samples 4 --max_tokens 256 --output_dir eval/humaneval-base
-    python benchmarks/code_eval_report.py eval/humaneval-base eval/codeio-base
+    python experiments/code_eval_report.py eval/humaneval-base eval/codeio-base
 
 Each argument is an ``--output_dir`` of resrl-eval (or its ``summary.json``); its label is the folder's name. The
 outcome table counts each output folder's samples by what ended them: passed every test, failed a test (a wrong

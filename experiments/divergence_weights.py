@@ -1,7 +1,7 @@
 """Are the tokens where failed completions start to fail spared? Weights of divergence tokens against the rest.
 
-    python benchmarks/divergence_weights.py --output docs/runs/divergence_base.json                 # embedded model
-    python benchmarks/divergence_weights.py --adapter outputs/demo --output docs/runs/divergence_demo.json
+    python experiments/divergence_weights.py --output docs/runs/divergence_base.json                 # embedded model
+    python experiments/divergence_weights.py --adapter outputs/demo --output docs/runs/divergence_demo.json
 
 Samples ``num_generations`` completions for each of ``num_prompts`` arithmetic training prompts at training's
 temperature, one group at a time, reads the hidden states training reads, and computes ResRL's weights (the paper's
@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_sampling_arguments, load_policy_and_prompts
 
 from resrl_trl.analysis import divergence_positions
-from resrl_trl.inspector import iter_groups
+from resrl_trl.inspector import add_sampling_arguments, iter_groups, load_policy_and_prompts
 from resrl_trl.residual import WEIGHT_POSITIONS, SubspaceSettings, compute_residual_weights
 from resrl_trl.rewards import math_reward
 

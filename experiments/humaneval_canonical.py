@@ -1,7 +1,7 @@
 """Every HumanEval canonical solution through the code reward: how many of the 164 earn 1.
 
-    python benchmarks/humaneval_canonical.py                 # in the sandbox (bubblewrap or user namespaces)
-    python benchmarks/humaneval_canonical.py --allow_unsandboxed
+    python experiments/humaneval_canonical.py                 # in the sandbox (bubblewrap or user namespaces)
+    python experiments/humaneval_canonical.py --allow_unsandboxed
 
 Each completion is what a model answering ``--dataset_name humaneval`` correctly would write: the problem's prompt
 and canonical body in one fenced block. Its tests are those of :func:`resrl_trl.code_data.load_code_dataset`. Prints

@@ -1,7 +1,7 @@
 """Train GRPO, NSR, W-REINFORCE and ResRL the same way, evaluate each, and write docs/results.md.
 
-    python benchmarks/compare_methods.py                     # the embedded SmolLM2-135M + LoRA, on the CPU
-    python benchmarks/compare_methods.py --seeds 0 1 --max_steps 40 --max_problems 100
+    python experiments/compare_methods.py                     # the embedded SmolLM2-135M + LoRA, on the CPU
+    python experiments/compare_methods.py --seeds 0 1 --max_steps 40 --max_problems 100
 
 Every method runs `recipes/math.py` from `recipes/configs/demo.yaml` (same model, LoRA, data, sampling, clipped loss,
 budget and seed); only `--advantage_mode` differs. Each adapter, and the untrained base model, is then evaluated by
@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO
-
 METHODS = ("grpo", "nsr", "w_reinforce", "resrl")
 LABELS = {"base": "base model", "grpo": "GRPO", "nsr": "NSR", "w_reinforce": "W-REINFORCE", "resrl": "ResRL"}
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(argv: list[str], log: Path) -> float:
@@ -203,7 +204,7 @@ def pooled_table(summaries: dict[str, str], seeds: list[int], n: int) -> str:
 
 RESULTS = """# Results: GRPO, NSR, W-REINFORCE and ResRL on the built-in arithmetic task
 
-Produced by `python benchmarks/compare_methods.py --seeds {seeds} --max_steps {steps} --max_problems {problems}
+Produced by `python experiments/compare_methods.py --seeds {seeds} --max_steps {steps} --max_problems {problems}
 --work_dir {work}` (all figures below are that script's output).
 
 Setting: the embedded SmolLM2-135M-Instruct with LoRA (r=16), `recipes/configs/demo.yaml` (2 prompts x 8

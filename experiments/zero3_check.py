@@ -1,8 +1,8 @@
 """Check ResRL under DeepSpeed ZeRO-3 on a GPU (not a unit test: accelerate's DeepSpeed path needs a GPU).
 
     accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 1 --mixed_precision no \
-        benchmarks/zero3_check.py            # fp32: the comparisons are tight
-    accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 1 benchmarks/zero3_check.py --bf16
+        experiments/zero3_check.py            # fp32: the comparisons are tight
+    accelerate launch --config_file recipes/accelerate/zero3.yaml --num_processes 1 experiments/zero3_check.py --bf16
 
 It trains a tiny Llama with ResRLTrainer (parity reward, so groups are mixed) for a few steps under ZeRO-3 and checks:
 the hidden states the hook captured in the first training forward (from the partitioned model) equal
@@ -21,8 +21,7 @@ import sys
 import torch
 from datasets import Dataset
 
-import resrl_trl.placement as placement_module
-from resrl_trl import ResRLConfig, ResRLTrainer
+from resrl_trl import ResRLConfig, ResRLTrainer, compute_residual_weights
 from resrl_trl.testing.tiny import make_model, make_tokenizer, parity_reward
 
 
@@ -51,32 +50,30 @@ def main() -> None:
         bf16=bf16,
         gradient_checkpointing=True,
     )
-    captured: list[tuple] = []
-    real = placement_module.compute_residual_weights
-
-    def spy(hidden, valid, group_ids, is_positive, *args, **kwargs):
-        result = real(hidden, valid, group_ids, is_positive, *args, **kwargs)
-        if not captured:
-            captured.append((hidden.clone(), valid, group_ids, is_positive, args, kwargs, result.weights.clone()))
-        return result
-
-    inputs_seen: list[dict] = []
-    original_compute_loss = ResRLTrainer._compute_loss
-
-    def record_inputs(self, model, inputs):
-        if not inputs_seen:
-            inputs_seen.append({k: v for k, v in inputs.items()})
-        return original_compute_loss(self, model, inputs)
-
-    placement_module.compute_residual_weights = spy
-    ResRLTrainer._compute_loss = record_inputs
     trainer = ResRLTrainer(
         model=model, reward_funcs=parity_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )
+    # The placement's seams: the first training forward's inputs, and the hidden states its hook read and weighed.
+    placement, captured, inputs_seen = trainer.placement, [], []
+    token_weights, training_forward = placement.token_weights, placement.training_forward
+
+    def record_weights(hidden, valid, group_ids, is_positive, mode):
+        result = token_weights(hidden, valid, group_ids, is_positive, mode)
+        if not captured:
+            seeds = dict(group_seed=trainer.seeds.group_seed(mode), num_groups=trainer.seeds.num_groups(mode))
+            captured.append((hidden.clone(), valid, group_ids, is_positive, seeds, result.weights.clone()))
+        return result
+
+    def record_inputs(inputs, valid, mode):
+        if not inputs_seen:
+            inputs_seen.append(dict(inputs))
+        return training_forward(inputs, valid, mode)
+
+    placement.token_weights, placement.training_forward = record_weights, record_inputs
     trainer.train()
     stage = trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.accelerator.state.deepspeed_plugin else 0
 
-    hidden, valid, group_ids, is_positive, args, kwargs, weights = captured[0]
+    hidden, valid, group_ids, is_positive, seeds, weights = captured[0]
     batch = inputs_seen[0]
     reference = reference.to(hidden.device, dtype).eval()
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
@@ -86,7 +83,8 @@ def main() -> None:
     length, tokens = input_ids.size(1), batch["completion_ids"].size(1)
     expected = states[:, length - tokens - 1 : length - 1]
     hidden_error = ((hidden.float() - expected.float())[valid].abs().max() / expected.float().abs().max()).item()
-    ref_weights = real(expected, valid, group_ids, is_positive, *args, **kwargs).weights  # the same group seed
+    settings = trainer.args.subspace_settings
+    ref_weights = compute_residual_weights(expected, valid, group_ids, is_positive, settings, **seeds).weights
     weight_error = (ref_weights - weights).abs().max().item()
     weight_mean_error = (ref_weights - weights)[valid].abs().mean().item()
 

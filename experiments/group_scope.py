@@ -1,6 +1,6 @@
 """How many negatives get ResRL token weights when the reference's batch balancing splits prompt groups.
 
-    python benchmarks/group_scope.py                       # writes docs/runs/group_scope.json and prints a table
+    python experiments/group_scope.py                       # writes docs/runs/group_scope.json and prints a table
 
 The reference run (verl) uses 4 rollouts per prompt, 256 prompts per batch and micro-batches of 4 rows, and groups
 rows by prompt id *inside each micro-batch*. Before each update verl's ``balance_batch`` reorders the batch: the rows
