@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 
 from resrl_trl.analysis import RANKS, HeadGradients, analyse_group
-from resrl_trl.inspector import add_sampling_arguments, iter_groups, load_policy_and_prompts
+from resrl_trl.inspector import add_group_sampling_arguments, iter_groups, load_policy_and_prompts
 from resrl_trl.residual import SubspaceSettings
 from resrl_trl.rewards import math_reward
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_arguments(parser, num_prompts=48, max_tokens=40)
+    add_group_sampling_arguments(parser, num_prompts=48, max_tokens=40)
     parser.add_argument("--prompts_per_step", type=int, default=4)
     parser.add_argument("--output", default="docs/runs/analysis.json")
     opts = parser.parse_args()

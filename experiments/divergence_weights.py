@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from resrl_trl.analysis import divergence_positions
-from resrl_trl.inspector import add_sampling_arguments, iter_groups, load_policy_and_prompts
+from resrl_trl.inspector import add_group_sampling_arguments, iter_groups, load_policy_and_prompts
 from resrl_trl.residual import WEIGHT_POSITIONS, SubspaceSettings, compute_residual_weights
 from resrl_trl.rewards import math_reward
 
@@ -62,7 +62,7 @@ def bootstrap_difference(groups: list[dict], rounds: int = 2000, seed: int = 0) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sampling_arguments(parser, num_prompts=64, max_tokens=32)
+    add_group_sampling_arguments(parser, num_prompts=64, max_tokens=32)
     parser.add_argument("--output", default="docs/runs/divergence.json")
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

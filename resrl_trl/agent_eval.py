@@ -36,7 +36,16 @@ from trl.chat_template_utils import parse_response
 
 from .agent_env import FAULTS, ToolEnvironment, count_tool_calls, score_rollout
 from .agent_tasks import AGENT_DATASETS, environment_factories, load_agent_tasks
-from .evaluation import VLLMSampler, _check_resume, _read_samples, choose_backend
+from .evaluation import (
+    VLLMSampler,
+    _check_resume,
+    _read_samples,
+    add_backend_arguments,
+    add_policy_arguments,
+    add_sampling_arguments,
+    check_sampling,
+    choose_backend,
+)
 from .metrics import summarize
 from .models import load_policy_for_sampling, plain_model_folder
 from .tool_chat import add_tool_calling
@@ -285,33 +294,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resrl-agent-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="Hub id or local folder (default: embedded SmolLM2-135M)")
-    parser.add_argument("--gguf_file", default=None, help="GGUF file inside --model")
-    parser.add_argument("--adapter", default=None, help="a PEFT adapter folder (e.g. a training output_dir)")
+    add_policy_arguments(parser)
     parser.add_argument("--dataset", default="files_demo", choices=AGENT_DATASETS)
     parser.add_argument("--split", default="test", choices=["train", "test"])
     parser.add_argument("--num_tasks", type=int, default=32, help="generated tasks or games (BFCL: its split)")
-    parser.add_argument("--max_problems", type=int, default=None, help="evaluate only the first N tasks")
-    parser.add_argument("--num_samples", type=int, default=8, help="rollouts per task (n)")
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--max_tokens", type=int, default=160, help="tokens per rollout, tool results included")
+    add_sampling_arguments(parser, num_samples=8, temperature=0.7, max_tokens=160, unit="tasks")
     parser.add_argument("--max_turns", type=int, default=3, help="replies that may call tools, per rollout")
     parser.add_argument("--call_time_s", type=float, default=5.0)
     parser.add_argument("--episode_time_s", type=float, default=60.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
-    parser.add_argument("--dtype", default=None, help="model dtype for transformers, e.g. bfloat16")
-    parser.add_argument("--enforce_eager", action="store_true", help="vLLM without CUDA graphs")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backend_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     opts = build_parser().parse_args(argv)
-    if opts.num_samples < 1 or opts.temperature <= 0 or not 0 < opts.top_p <= 1 or opts.max_tokens < 1:
-        sys.exit("resrl-agent-eval: need --num_samples >= 1, --temperature > 0, 0 < --top_p <= 1, --max_tokens >= 1")
+    check_sampling(opts, "resrl-agent-eval")
     if opts.max_turns < 0:
         sys.exit("resrl-agent-eval: --max_turns must be 0 or more")
     try:

@@ -531,13 +531,49 @@ def _sample_and_score(
                 write(pending)
 
 
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that name the policy: ``--model``, ``--gguf_file``, ``--adapter`` (resrl-eval, resrl-agent-eval)."""
+    parser.add_argument("--model", default=None, help="Hub id or local folder (default: embedded SmolLM2-135M)")
+    parser.add_argument("--gguf_file", default=None, help="GGUF file inside --model")
+    parser.add_argument("--adapter", default=None, help="a PEFT adapter folder (e.g. a training output_dir)")
+
+
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, num_samples: int, temperature: float, max_tokens: int, unit: str = "problems"
+) -> None:
+    """How each problem (or task) is sampled: ``--num_samples``, ``--temperature``, ``--top_p``, ``--max_tokens``,
+    ``--seed``, ``--max_problems``, with the given defaults; :func:`check_sampling` checks them."""
+    parser.add_argument("--num_samples", type=int, default=num_samples, help=f"samples per one of the {unit} (n)")
+    parser.add_argument("--temperature", type=float, default=temperature)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--max_tokens", type=int, default=max_tokens, help="tokens per sample (tool results included)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_problems", type=int, default=None, help=f"evaluate only the first N {unit}")
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where sampling runs: ``--backend``, ``--dtype``, ``--enforce_eager``, and where results go: ``--output_dir``,
+    ``--quiet``."""
+    parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
+    parser.add_argument("--dtype", default=None, help="model dtype for transformers, e.g. bfloat16")
+    parser.add_argument(
+        "--enforce_eager", action="store_true", help="vLLM without CUDA graphs (always so without a GPU)"
+    )
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def check_sampling(opts: argparse.Namespace, program: str) -> None:
+    """Exit with the fix when :func:`add_sampling_arguments`' values cannot sample."""
+    if opts.num_samples < 1 or opts.temperature <= 0 or not 0 < opts.top_p <= 1 or opts.max_tokens < 1:
+        sys.exit(f"{program}: need --num_samples >= 1, --temperature > 0, 0 < --top_p <= 1, --max_tokens >= 1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resrl-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=None, help="Hub id or local folder (default: embedded SmolLM2-135M)")
-    parser.add_argument("--gguf_file", default=None, help="GGUF file inside --model")
-    parser.add_argument("--adapter", default=None, help="a PEFT adapter folder (e.g. a training output_dir)")
+    add_policy_arguments(parser)
     parser.add_argument(
         "--dataset",
         default="arithmetic",
@@ -558,12 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON arguments of the chat template, as training passed them, e.g. '{\"enable_thinking\": false}'",
     )
-    parser.add_argument("--num_samples", type=int, default=16, help="samples per problem (n)")
-    parser.add_argument("--temperature", type=float, default=0.6)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--max_tokens", type=int, default=512)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_problems", type=int, default=None, help="evaluate only the first N problems")
+    add_sampling_arguments(parser, num_samples=16, temperature=0.6, max_tokens=512)
     parser.add_argument("--batch_size", type=int, default=16, help="sequences per generate call (transformers)")
     parser.add_argument(
         "--problems_per_call",
@@ -572,11 +603,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="problems sampled together, all their samples in one call (transformers: one generate call of "
         "problems_per_call x num_samples sequences, much faster on a CPU; 1, the default, gives each problem its "
         "own seeded calls of --batch_size, as earlier versions did)",
-    )
-    parser.add_argument("--backend", choices=["auto", "vllm", "transformers"], default="auto")
-    parser.add_argument("--dtype", default=None, help="model dtype for transformers, e.g. bfloat16")
-    parser.add_argument(
-        "--enforce_eager", action="store_true", help="vLLM without CUDA graphs (always so without a GPU)"
     )
     parser.add_argument(
         "--partial_credit",
@@ -588,15 +614,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="code: run programs without isolation where no sandbox works here (trusted models only)",
     )
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backend_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     opts = build_parser().parse_args(argv)
-    if opts.num_samples < 1 or opts.temperature <= 0 or not 0 < opts.top_p <= 1 or opts.max_tokens < 1:
-        sys.exit("resrl-eval: need --num_samples >= 1, --temperature > 0, 0 < --top_p <= 1, --max_tokens >= 1")
+    check_sampling(opts, "resrl-eval")
     if opts.problems_per_call < 1:
         sys.exit("resrl-eval: need --problems_per_call >= 1")
     try:

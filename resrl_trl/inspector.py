@@ -41,7 +41,7 @@ from .residual import (
 )
 
 __all__ = [
-    "add_sampling_arguments",
+    "add_group_sampling_arguments",
     "load_policy_and_prompts",
     "SampledGroups",
     "block_states",
@@ -727,11 +727,12 @@ if __name__ == "__main__":
     main()
 
 
-def add_sampling_arguments(parser: Any, num_prompts: int, max_tokens: int) -> None:
-    """The flags of the scripts that sample groups from a policy: model, adapter, prompts and sampling."""
-    parser.add_argument("--model", default=None, help="Hub id or folder (default: the embedded SmolLM2-135M)")
-    parser.add_argument("--gguf_file", default=None)
-    parser.add_argument("--adapter", default=None, help="a PEFT (LoRA) adapter folder, e.g. outputs/demo")
+def add_group_sampling_arguments(parser: Any, num_prompts: int, max_tokens: int) -> None:
+    """The flags of the scripts that sample groups from a policy (experiments/): the policy (as resrl-eval names it),
+    the prompts and the sampling."""
+    from .evaluation import add_policy_arguments
+
+    add_policy_arguments(parser)
     parser.add_argument("--dataset", default="arithmetic")
     parser.add_argument("--split", default="train")
     parser.add_argument("--num_prompts", type=int, default=num_prompts)
@@ -742,7 +743,7 @@ def add_sampling_arguments(parser: Any, num_prompts: int, max_tokens: int) -> No
 
 
 def load_policy_and_prompts(opts: Any) -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, rows)`` for :func:`add_sampling_arguments`' flags: the model (with its adapter) in
+    """``(model, tokenizer, rows)`` for :func:`add_group_sampling_arguments`' flags: the model (with its adapter) in
     evaluation mode on the GPU when there is one, and the first ``num_prompts`` rows of the dataset."""
     from .data import load_math_dataset
     from .models import load_model_and_tokenizer

@@ -43,12 +43,13 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
 
     What changes with respect to [`trl.GRPOTrainer`]:
 
-    - rollouts carry each completion's group id and whether it is positive;
-    - with ``resrl_subspace="step"``, rollouts are shuffled by whole groups, so each micro-batch holds whole groups;
-      with ``"rollout"``, each group's subspace and energy quantiles are built once per generation, from the whole
-      group on every process that holds part of it;
-    - in the training forward that ``_compute_loss`` already runs, a forward hook on one decoder block reads its
-      hidden states and turns the ``(B,)`` advantages into ``(B, T)`` advantages before the loss uses them.
+    - rollouts carry each completion's group id and whether it is positive, and the method's sequence advantages
+      (:func:`resrl_trl.advantages.sequence_advantages`; positives scaled there);
+    - for the token-weight modes, a placement (:mod:`resrl_trl.placement`), built once from explicit parts, is called
+      at TRL's seams: it orders the rollout (whole groups with ``resrl_subspace="step"``), builds each group's
+      subspace after the rollout (``"rollout"``), and in the training forward that ``_compute_loss`` already runs
+      reads one decoder block's hidden states and turns the ``(B,)`` advantages into ``(B, T)`` ones before the loss
+      uses them.
 
     The clipped loss, KL, aggregation and everything else are TRL's. The maths lives in :mod:`resrl_trl.residual`.
     """

@@ -49,7 +49,7 @@ METHODS: dict[str, tuple[tuple[str, ...], str]] = {
         ("model", "input_ids", "attention_mask", "logits_to_keep"),
         "reuses TRL's old-log-probability forward for rollout-time subspaces",
     ),
-    "_prepare_inputs": (("generation_batch",), "shuffles rollouts by whole groups"),
+    "_prepare_inputs": (("generation_batch",), "lets the placement order the rollout (whole groups for 'step')"),
     "_compute_loss": (("model", "inputs"), "turns (B,) advantages into (B, T) ones inside TRL's training forward"),
     "compute_loss": (("model", "inputs", "return_outputs", "num_items_in_batch"), "skips non-finite losses"),
     "log": (("logs", "start_time"), "logs token statistics as means over the step's tokens"),
@@ -63,6 +63,7 @@ METHODS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 # Attributes of a GRPOTrainer instance that ResRL reads.
 ATTRIBUTES = (
+    "_logs",
     "_metrics",
     "_buffered_inputs",
     "_step",
