@@ -50,7 +50,7 @@ def test_hidden_states_are_those_training_reads(embedded: tuple) -> None:
     )
     assert groups.hidden.shape[:2] == groups.completion_ids.shape
     # Training's capture: the output of the decoder block named by resrl_hidden_layer=-2, sliced at the positions
-    # whose logits score the completion tokens (ResRLTrainer._apply_residual_weights).
+    # whose logits score the completion tokens (the placement's training_forward).
     captured = []
     handle = decoder_block(model, -2).register_forward_hook(
         lambda module, args, output: captured.append(output[0] if isinstance(output, tuple) else output)
