@@ -132,9 +132,8 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
         # TRL's completions table shows the sequence advantages the loss reads, in place of the ones TRL logged.
         show_advantages_used(self._logs["advantages"], self.accelerator.gather(output["advantages"]))
         if self.placement is not None:
-            rows_per_forward = (
-                self.args.per_device_train_batch_size if mode == "train" else (self.args.per_device_eval_batch_size)
-            )
+            args = self.args
+            rows_per_forward = args.per_device_train_batch_size if mode == "train" else args.per_device_eval_batch_size
             rollout = Rollout(output, self._valid_tokens(output), all_positive, group_size, mode, rows_per_forward)
             for name, value in self.placement.finish_rollout(rollout).items():
                 self._metrics[mode][name].append(value)
