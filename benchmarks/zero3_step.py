@@ -131,7 +131,9 @@ def time_weights_alone(trainer, engine, group: dict, opts: argparse.Namespace) -
 
     rows = torch.arange(opts.group_size, device=opts.device)
 
-    def run_decoder(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:  # the decoder stack, no LM head
+    # The decoder stack, no LM head, as the trainer's run_decoder (the engine holds the weights in the run's dtype,
+    # so no autocast; no gradients, so no checkpointing).
+    def run_decoder(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         for input_ids, attention_mask in chunks:
             engine.module.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 

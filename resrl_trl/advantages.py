@@ -24,6 +24,7 @@ __all__ = [
     "ADVANTAGE_MODES",
     "SCALES_POSITIVES",
     "USES_TOKEN_WEIGHTS",
+    "group_normalised_advantages",
     "reinforce_advantages",
     "sequence_advantages",
     "token_advantages",
@@ -101,3 +102,14 @@ def token_advantages(advantages: torch.Tensor, token_weights: torch.Tensor) -> t
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     return advantages * token_weights
+
+
+def group_normalised_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages as TRL computes them by default, for analyses that have rewards but no trainer:
+    ``(r - mean_g) / (std_g + eps)`` over each group ``g`` of ``group_ids`` (``std`` with Bessel's correction)."""
+    index = torch.unique(group_ids, return_inverse=True)[1]
+    zeros = torch.zeros(int(index.max()) + 1 if len(index) else 0, dtype=rewards.dtype, device=rewards.device)
+    counts = zeros.index_add(0, index, torch.ones_like(rewards))
+    centred = rewards - (zeros.index_add(0, index, rewards) / counts)[index]
+    std = (zeros.index_add(0, index, centred**2) / (counts - 1)).sqrt()
+    return centred / (std[index] + eps)

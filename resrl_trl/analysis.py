@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .advantages import group_normalised_advantages
 from .residual import (
     LAYER_NORM_EPS,
     SubspaceSettings,
@@ -39,7 +40,6 @@ from .residual import (
 __all__ = [
     "RANKS",
     "analyse_group",
-    "grpo_advantages",
     "balanced_partitions",
     "HeadGradients",
     "HeldOutEnergies",
@@ -467,16 +467,6 @@ RANKS = (8, 16, 32, 64, 128)
 """The ranks the analysis compares (the paper's 64 among them)."""
 
 
-def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """TRL's default advantages: reward minus the group mean, over the group standard deviation."""
-    advantages = torch.zeros_like(rewards)
-    for group in group_ids.unique():
-        rows = group_ids == group
-        values = rewards[rows]
-        advantages[rows] = (values - values.mean()) / (values.std() + eps)
-    return advantages
-
-
 def analyse_group(groups: Any, sums: HeadGradients, settings: SubspaceSettings, seed: int) -> dict | None:
     """One group's rank, weight-correlation and held-out numbers (None unless it gets token weights); adds its
     head gradients to ``sums``. Holds one group's states and three (V, H) gradient sums, nothing more."""
@@ -488,7 +478,7 @@ def analyse_group(groups: Any, sums: HeadGradients, settings: SubspaceSettings, 
         ).weights
         for rank in RANKS
     }
-    advantages = grpo_advantages(groups.rewards.nan_to_num(0.0), group_ids)
+    advantages = group_normalised_advantages(groups.rewards.nan_to_num(0.0), group_ids)
     sums.add(groups.final_hidden, groups.completion_ids, mask, advantages, is_positive, weights[64])
     kept = subspace_positive_states(hidden, mask, group_ids, is_positive, settings, group_seed=seed)
     if not kept:

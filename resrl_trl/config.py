@@ -202,7 +202,7 @@ class ResRLConfig(GRPOConfig):
             )
         if self.resrl_mask_think and not (self.resrl_think_start and self.resrl_think_end):
             problems.append("resrl_mask_think=True needs non-empty resrl_think_start and resrl_think_end")
-        whole_micro_batches = self.per_device_train_batch_size % self.num_generations == 0
+        whole_micro_batches = self.auto_subspace == "step"  # every micro-batch holds whole prompt groups
         if self.resrl_subspace == "auto":
             self.resrl_subspace = self.auto_subspace
         if self.resrl_subspace not in ("step", "rollout"):

@@ -642,6 +642,33 @@ def write_inspection(
     return shown
 
 
+def add_group_sampling_arguments(parser: Any, num_prompts: int, max_tokens: int) -> None:
+    """The flags of the scripts that sample groups from a policy (experiments/): the policy (as resrl-eval names it),
+    the prompts and the sampling."""
+    from .evaluation import add_policy_arguments
+
+    add_policy_arguments(parser)
+    parser.add_argument("--dataset", default="arithmetic")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--num_prompts", type=int, default=num_prompts)
+    parser.add_argument("--num_generations", type=int, default=8)
+    parser.add_argument("--max_tokens", type=int, default=max_tokens)
+    parser.add_argument("--temperature", type=float, default=1.0, help="training's sampling temperature")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def load_policy_and_prompts(opts: Any) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, rows)`` for :func:`add_group_sampling_arguments`' flags: the model (with its adapter) in
+    evaluation mode on the GPU when there is one, and the first ``num_prompts`` rows of the dataset."""
+    from .data import load_math_dataset
+    from .models import load_policy_for_sampling
+
+    rows = load_math_dataset(opts.dataset, opts.split, seed=opts.seed)
+    rows = rows.select(range(min(opts.num_prompts, len(rows))))
+    model, tokenizer = load_policy_for_sampling(opts.model, opts.gguf_file, opts.adapter)
+    return model, tokenizer, rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="resrl-inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -725,34 +752,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def add_group_sampling_arguments(parser: Any, num_prompts: int, max_tokens: int) -> None:
-    """The flags of the scripts that sample groups from a policy (experiments/): the policy (as resrl-eval names it),
-    the prompts and the sampling."""
-    from .evaluation import add_policy_arguments
-
-    add_policy_arguments(parser)
-    parser.add_argument("--dataset", default="arithmetic")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num_prompts", type=int, default=num_prompts)
-    parser.add_argument("--num_generations", type=int, default=8)
-    parser.add_argument("--max_tokens", type=int, default=max_tokens)
-    parser.add_argument("--temperature", type=float, default=1.0, help="training's sampling temperature")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def load_policy_and_prompts(opts: Any) -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, rows)`` for :func:`add_group_sampling_arguments`' flags: the model (with its adapter) in
-    evaluation mode on the GPU when there is one, and the first ``num_prompts`` rows of the dataset."""
-    from .data import load_math_dataset
-    from .models import load_model_and_tokenizer
-
-    rows = load_math_dataset(opts.dataset, opts.split, seed=opts.seed)
-    rows = rows.select(range(min(opts.num_prompts, len(rows))))
-    model, tokenizer = load_model_and_tokenizer(opts.model, opts.gguf_file)
-    if opts.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, opts.adapter)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer, rows

@@ -354,7 +354,7 @@ class RolloutPlacement(Placement):
 
         with capture_outputs(self.block, on_output):
             indices = [chunk.to(input_ids.device) for chunk in chunks]
-            self.run_decoder([(input_ids[rows], attention_mask[rows]) for rows in indices])
+            self.run_decoder([(input_ids[index], attention_mask[index]) for index in indices])
         if not captured:  # no process has a mixed group: nothing will be built
             return input_ids.new_zeros((0, num_tokens, 1), dtype=torch.float32)
         return torch.cat(captured)[: len(rows)]  # drops the throwaway chunk's row, if any

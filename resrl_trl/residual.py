@@ -648,7 +648,7 @@ def compute_residual_weights(
         valid_mask: ``(B, T)`` bool, the tokens that take part (completion tokens, minus tool output or think spans).
         group_ids: ``(B,)`` integer id of each completion's prompt group.
         is_positive: ``(B,)`` bool, whether each completion succeeded (reward above the threshold).
-        settings: ``rank``, ``max_pos_tokens``, ``q_low``, ``q_high``, ``min_weight`` and ``niter`` above (see
+        settings: ``rank``, ``max_pos_tokens``, ``q_low``, ``q_high``, ``min_weight`` and ``niter`` of the steps (see
             :class:`SubspaceSettings`; the defaults are the paper's).
         generator: source of randomness for subsampling and PCA, drawn group after group in the order of the
             group ids; ``None`` uses the global RNG.
@@ -656,10 +656,6 @@ def compute_residual_weights(
             group's id (:func:`group_stream_seed`). A group's weights then depend only on its own rows, its id and
             ``group_seed``: not on which other groups share the batch, nor on how many processes or micro-batches the
             rollout is split into.
-
-    Returns:
-        ``(B, T)`` float32 weights: in ``[min_weight, 1]`` at the valid tokens of negatives in usable mixed groups,
-        exactly 1 elsewhere.
         num_groups: when given, says the ids lie in ``[0, num_groups)``, which spares a ``torch.unique`` (a GPU
             synchronisation).
 

@@ -129,8 +129,10 @@ class ResRLTrainer(SafeTrainingMixin, ModelCardMixin, GRPOTrainer):
         finite = torch.isfinite(advantages)
         self._metrics[mode]["resrl/nonfinite_advantages"].append(float((~finite).sum()))
         output["advantages"] = torch.where(finite, advantages, 0.0)
-        # TRL's completions table shows the sequence advantages the loss reads, in place of the ones TRL logged.
-        show_advantages_used(self._logs["advantages"], self.accelerator.gather(output["advantages"]))
+        if self.log_completions:  # the same on every process: the gather is collective
+            # TRL's completions table shows the sequence advantages the loss reads (before token weights), in place
+            # of the GRPO ones TRL logged.
+            show_advantages_used(self._logs["advantages"], self.accelerator.gather(output["advantages"]))
         if self.placement is not None:
             args = self.args
             rows_per_forward = args.per_device_train_batch_size if mode == "train" else args.per_device_eval_batch_size

@@ -5,6 +5,7 @@ The group counts are the placement's (:func:`resrl_trl.placement.group_count_met
 from __future__ import annotations
 
 from collections.abc import MutableSequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -80,13 +81,15 @@ class HeadProbe:
         self.head = model.get_output_embeddings()
         self.max_tokens = max_tokens
         self.final_hidden: torch.Tensor | None = None
-        self._capture = capture_outputs(self.decoder, self._keep_first)
+        self._capture: AbstractContextManager | None = None
 
     def _keep_first(self, hidden: torch.Tensor) -> None:
         if self.final_hidden is None:
             self.final_hidden = hidden.detach()
 
     def __enter__(self) -> HeadProbe:
+        self.final_hidden = None
+        self._capture = capture_outputs(self.decoder, self._keep_first)
         self._capture.__enter__()
         return self
 
@@ -105,7 +108,9 @@ class HeadProbe:
         seed: int,
     ) -> tuple[float, float]:
         """``(plain, weighted)`` cosines (see :func:`resrl_trl.analysis.positive_negative_cosines`): loss coefficients
-        are the sequence advantages, then the per-token advantages the loss used."""
+        are the sequence advantages (positives already x ``resrl_pos_weight``, which a cosine does not see, except
+        that with ``resrl_pos_weight=0`` there is no positive gradient and both cosines are NaN), then the per-token
+        advantages the loss used."""
         if self.final_hidden is None:
             raise RuntimeError("resrl_log_interference: the decoder did not run in the training forward")
         length = completion_ids.size(1)

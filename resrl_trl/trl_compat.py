@@ -65,6 +65,7 @@ METHODS: dict[str, tuple[tuple[str, ...], str]] = {
 ATTRIBUTES = (
     "_logs",
     "_metrics",
+    "log_completions",
     "_buffered_inputs",
     "_step",
     "num_generations",

@@ -8,7 +8,7 @@ from conftest import COMMON, make_model, make_trainer, parity_reward, record_tra
 from trl import GRPOTrainer
 
 from resrl_trl import ResRLConfig, ResRLTrainer
-from resrl_trl.advantages import reinforce_advantages
+from resrl_trl.advantages import group_normalised_advantages, reinforce_advantages
 from resrl_trl.trainer import GROUP_IDS_KEY, IS_POSITIVE_KEY
 
 
@@ -21,6 +21,16 @@ def test_reinforce_advantages_on_hand_made_rewards():
     assert got == [0.25, -1.0, 0.25, 0.0, -1.0]  # the unscorable completion (NaN) gets 0, as in TRL
     with pytest.raises(ValueError, match="psr"):
         reinforce_advantages(rewards, positive, "grpo")
+
+
+def test_group_normalised_advantages_are_grpos_per_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.5, 2.0])
+    group_ids = torch.tensor([3, 3, 3, 3, 0, 0, 0, 7, 7])
+    got = group_normalised_advantages(rewards, group_ids)
+    for group in group_ids.unique():
+        rows = group_ids == group
+        values = rewards[rows]
+        torch.testing.assert_close(got[rows], (values - values.mean()) / (values.std() + 1e-4))
 
 
 def first_step_advantages(tmp_path, tokenizer, dataset, monkeypatch, **overrides) -> tuple[torch.Tensor, ...]:
@@ -89,7 +99,10 @@ def test_completions_table_shows_the_advantages_used(mode, tmp_path, tokenizer, 
     method's sequence advantages (before token weights). Same seed: the same completions as GRPOTrainer's."""
     grpo = make_trainer(tmp_path / "grpo", tokenizer, prompts_dataset, cls=GRPOTrainer, max_steps=1)
     grpo.train()
-    ours = make_trainer(tmp_path / "ours", tokenizer, prompts_dataset, advantage_mode=mode, max_steps=1, resrl_rank=4)
+    ours = make_trainer(
+        tmp_path / "ours", tokenizer, prompts_dataset, advantage_mode=mode, max_steps=1, resrl_rank=4,
+        log_completions=True,
+    )  # fmt: skip
     forwards = record_training_forwards(ours.placement) if ours.placement is not None else []
     ours.train()
     rewards = torch.tensor(ours._logs["rewards"]["parity_reward"])
